@@ -1,0 +1,30 @@
+"""Configuration of the encoder and its three retrieval heads."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which encoder to start from and which heads produce outputs."""
+
+    path: str = ""
+    """HF encoder directory or BGE-M3 directory (config.json + weights + tokenizer [+ head .pt files])."""
+    dense: bool = True
+    """Produce the dense (normalised CLS) embedding."""
+    sparse: bool = True
+    """Produce lexical token weights relu(sparse_linear(h))."""
+    colbert: bool = True
+    """Produce multi-vector (ColBERT) embeddings colbert_linear(h[:, 1:])."""
+    colbert_dim: int | None = None
+    """Output size of colbert_linear when heads start fresh; None = hidden size (as BAAI/bge-m3)."""
+    normalize: bool = True
+    """L2-normalise dense and multi-vector outputs (the reference trains and infers normalised)."""
+    gradient_checkpointing: bool = False
+    """Recompute encoder activations in backward (non-reentrant: reentrant breaks ZeRO-2/3)."""
+
+    def __post_init__(self) -> None:
+        if not (self.dense or self.sparse or self.colbert):
+            raise ValueError("ModelConfig: all heads are off; set at least one of dense/sparse/colbert to true")
+        if self.colbert_dim is not None and self.colbert_dim <= 0:
+            raise ValueError(f"ModelConfig.colbert_dim={self.colbert_dim}: use a positive size or null for hidden size")

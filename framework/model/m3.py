@@ -1,0 +1,88 @@
+"""The M3 model: one HF encoder and three retrieval heads (dense, sparse, multi-vector).
+
+Heads follow BAAI/bge-m3 exactly (see shared/reference/bge-m3-reference.md):
+  dense   = normalize(h[:, 0])
+  sparse  = relu(sparse_linear(h)), zero for the ids of cls/eos/pad/unk (and sep for BERT vocabularies)
+  colbert = normalize(colbert_linear(h[:, 1:]) * mask[:, 1:])
+Both linears always exist, even when a head is switched off, so that every export carries the two head
+files FlagEmbedding needs (a missing file makes it use random heads silently).
+
+Shape legend: B batch, L tokens, H hidden size, C colbert size.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from framework.model.config import ModelConfig
+from framework.model.output import M3Output
+
+
+def special_token_ids(tokenizer) -> list[int]:
+    """Ids that never carry lexical weight: cls, eos, pad, unk (and sep, which is eos in XLM-R)."""
+    names = ("cls_token_id", "eos_token_id", "sep_token_id", "pad_token_id", "unk_token_id")
+    ids = {getattr(tokenizer, name, None) for name in names}
+    ids.discard(None)
+    if not ids:
+        raise ValueError("tokenizer defines none of cls/eos/sep/pad/unk; use an XLM-R or BERT-style tokenizer")
+    return sorted(ids)
+
+
+class M3Model(nn.Module):
+    """Encoder + heads. forward(input_ids, attention_mask) -> M3Output."""
+
+    def __init__(self, encoder: nn.Module, unused_token_ids: list[int], cfg: ModelConfig,
+                 colbert_dim: int | None = None):
+        super().__init__()
+        hidden = encoder.config.hidden_size
+        self.cfg = cfg
+        self.encoder = encoder
+        self.colbert_linear = nn.Linear(hidden, colbert_dim or cfg.colbert_dim or hidden)
+        self.sparse_linear = nn.Linear(hidden, 1)
+        # A buffer so that it follows .to(device); not persistent because exports carry the tokenizer.
+        self.register_buffer("unused_ids", torch.tensor(unused_token_ids, dtype=torch.long), persistent=False)
+        if cfg.gradient_checkpointing:
+            self.enable_gradient_checkpointing()
+
+    @property
+    def max_positions(self) -> int:
+        """Longest input (in tokens, specials included) the position table supports."""
+        config = self.encoder.config
+        # XLM-R offsets positions by padding_idx + 1 (514 rows hold 512 tokens); BERT does not.
+        offset = config.pad_token_id + 1 if config.model_type in ("xlm-roberta", "roberta", "camembert") else 0
+        return config.max_position_embeddings - offset
+
+    def enable_gradient_checkpointing(self) -> None:
+        # Non-reentrant: the reentrant variant fails under ZeRO-2/3 when a step runs two forwards
+        # (queries, then passages) before one backward.
+        self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> M3Output:
+        hidden_BLH = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                                  return_dict=True).last_hidden_state
+        out = M3Output(token_ids_BL=input_ids, attention_mask_BL=attention_mask)
+        if self.cfg.dense:
+            out.dense_BD = self.dense_head(hidden_BLH)
+        if self.cfg.sparse:
+            out.sparse_BL = self.sparse_head(hidden_BLH, input_ids, attention_mask)
+        if self.cfg.colbert:
+            out.colbert_BLC, out.colbert_mask_BL = self.colbert_head(hidden_BLH, attention_mask)
+        return out
+
+    def dense_head(self, hidden_BLH: torch.Tensor) -> torch.Tensor:
+        cls_BH = hidden_BLH[:, 0]
+        return F.normalize(cls_BH, dim=-1) if self.cfg.normalize else cls_BH
+
+    def sparse_head(self, hidden_BLH, input_ids_BL, attention_mask_BL) -> torch.Tensor:
+        weights_BL = torch.relu(self.sparse_linear(hidden_BLH)).squeeze(-1)
+        # Multiplying by a keep-mask (not in-place zeroing) keeps autograd happy and zeroes padding too.
+        keep_BL = attention_mask_BL.bool() & ~torch.isin(input_ids_BL, self.unused_ids)
+        return weights_BL * keep_BL.to(weights_BL.dtype)
+
+    def colbert_head(self, hidden_BLH, attention_mask_BL) -> tuple[torch.Tensor, torch.Tensor]:
+        mask_BL = attention_mask_BL[:, 1:]
+        colbert_BLC = self.colbert_linear(hidden_BLH[:, 1:]) * mask_BL.unsqueeze(-1).to(hidden_BLH.dtype)
+        if self.cfg.normalize:
+            colbert_BLC = F.normalize(colbert_BLC, dim=-1)
+        return colbert_BLC, mask_BL

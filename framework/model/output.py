@@ -1,0 +1,27 @@
+"""Typed output of the M3 model.
+
+Shape legend: B batch, L tokens (input length), H hidden size, D dense size (= H), C colbert size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class M3Output:
+    """What one forward pass gives; a head that is switched off leaves its fields None."""
+
+    token_ids_BL: torch.Tensor
+    """Input ids, kept because the sparse score matches terms by id."""
+    attention_mask_BL: torch.Tensor
+    """1 for real tokens, 0 for padding."""
+    dense_BD: torch.Tensor | None = None
+    """Normalised hidden state of the first token (CLS)."""
+    sparse_BL: torch.Tensor | None = None
+    """relu(sparse_linear(h)) per token; zero at cls/eos/pad/unk ids and at padding."""
+    colbert_BLC: torch.Tensor | None = None
+    """colbert_linear(h[:, 1:]): L here is the input length - 1 (CLS dropped, </s> kept); zero at padding."""
+    colbert_mask_BL: torch.Tensor | None = None
+    """attention_mask[:, 1:], the mask of colbert_BLC."""

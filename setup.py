@@ -1,0 +1,34 @@
+"""Packaging for the M3-Embedding training framework."""
+from setuptools import find_packages, setup
+
+setup(
+    name="m3-framework",
+    version="0.1.0",
+    description="Training framework for M3-Embedding: one XLM-RoBERTa encoder, dense/sparse/multi-vector "
+    "heads, self-knowledge distillation, DeepSpeed, WebDataset, MLflow.",
+    packages=find_packages(include=["framework", "framework.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        # torch is pinned by the install command (pip install torch==2.13.0) so that a CPU machine
+        # keeps its CPU build; any 2.x from 2.4 on works with the code.
+        "torch>=2.4",
+        "transformers>=4.44",
+        "deepspeed>=0.15",
+        "webdataset>=0.2.90",
+        "sentencepiece>=0.2",
+        "protobuf>=4",
+        "safetensors>=0.4",
+        "mlflow>=2.12",
+        "faiss-cpu>=1.8",
+        "numpy>=1.24",
+        "pyyaml>=6",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        # On GPU machines: pip install -e '.[gpu]' (faiss-gpu replaces the CPU index at search time).
+        "gpu": ["faiss-gpu-cu12>=1.8"],
+        # The tests load our exports in the reference implementation to prove compatibility.
+        "test": ["pytest>=8", "flagembedding>=1.3"],
+    },
+    entry_points={"console_scripts": ["m3-framework=framework.__main__:main"]},
+)
