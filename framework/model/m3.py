@@ -56,7 +56,12 @@ class M3Model(nn.Module):
     def enable_gradient_checkpointing(self) -> None:
         # Non-reentrant: the reentrant variant fails under ZeRO-2/3 when a step runs two forwards
         # (queries, then passages) before one backward.
-        self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        # transformers 5 renamed the method (and its argument); older releases have only the old name.
+        if hasattr(self.encoder, "activation_checkpointing_enable"):
+            self.encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> M3Output:
         hidden_BLH = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
