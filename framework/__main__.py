@@ -1,0 +1,27 @@
+"""Command line: `python -m framework <command>`."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m framework", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="tokenizer -> tiny model -> M3 training -> BGE-M3 export -> retrieval")
+    demo.add_argument("--out", type=Path, default=Path("runs"), help="runs are written under this folder")
+    demo.add_argument("--steps", type=int, default=300, help="training steps")
+    demo.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.command == "demo":
+        from framework.demo import run
+
+        run(args.out, steps=args.steps, seed=args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

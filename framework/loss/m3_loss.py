@@ -1,0 +1,220 @@
+"""The M3 training loss: per-head grouped InfoNCE, ensemble InfoNCE and self-knowledge distillation.
+
+    L  = (l1*L_dense + l2*L_sparse + l3*L_colbert + l_ens*L_ens) / loss_divisor
+    L' = (l1*KD_dense + l2*KD_sparse + l3*KD_colbert) / kd_divisor,  KD(s) = -mean sum t*log softmax(s)
+    loss = (L + L') / final_divisor once step > self_distill_start_step, else L
+
+with t = softmax(ensemble scores) over the whole batch row. The ensemble term and distillation need
+two heads or more; with one head L is that head's (weighted) InfoNCE, the reference's dense-only mode.
+
+Shape legend:
+    Q  this rank's queries        P  this rank's passages = Q*G        G  passages per query
+    R  all ranks' queries         S  all ranks' passages = R*G
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import Tensor
+
+from framework.loss.config import LossConfig
+from framework.loss.infonce import grouped_infonce, infonce, m3_kd_loss, own_group, soft_cross_entropy
+from framework.loss.scores import ensemble_scores
+
+HEADS = ("dense", "sparse", "colbert")
+
+
+@dataclass(frozen=True)
+class HeadScores:
+    """Raw (not temperature-scaled) (Q, P) score matrices of the local batch; None for a head that is off."""
+
+    dense: Tensor | None = None
+    """Dense scores; may stay None when GlobalDense is given (the local block is then sliced from it)."""
+    sparse: Tensor | None = None
+    """Sparse (lexical) scores."""
+    colbert: Tensor | None = None
+    """Multi-vector scores."""
+
+
+@dataclass(frozen=True)
+class GlobalDense:
+    """Dense scores over all ranks' queries and passages, for cross-device negatives."""
+
+    scores_RS: Tensor
+    """Raw (R, S) dense scores, rows and columns in rank order (this rank's own rows carry gradient)."""
+    row_offset: int
+    """Index of this rank's first query among the R rows (rank * Q when all ranks hold Q queries)."""
+    teacher_scores_RG: Tensor | None = None
+    """All ranks' reranker scores; needed only for teacher distillation with kd_loss_type 'm3_kd_loss'."""
+
+
+def m3_loss(scores: HeadScores | Mapping[str, Tensor | None], group_size: int, step: int, cfg: LossConfig,
+            teacher_scores_QG: Tensor | None = None, dense_global: GlobalDense | None = None) -> dict[str, Tensor]:
+    """Named loss terms of one local batch; `loss` is the total to backpropagate.
+
+    `step` is compared with cfg.self_distill_start_step; the reference counts forward calls from 0
+    (micro-batches, so with gradient accumulation it runs ahead of the optimizer step).
+    `teacher_scores_QG` are raw reranker scores (positive first), turned into softmax targets over the
+    group and applied to every head's loss and the ensemble's, as the reference does.
+    With `dense_global`, the dense InfoNCE runs over all ranks' queries and passages (targets r*G),
+    while the ensemble and distillation use this rank's (Q, P) block, exactly as the reference does.
+    """
+    head_scores = _as_head_scores(scores)
+    num_q = _check_inputs(head_scores, group_size, cfg, teacher_scores_QG, dense_global)
+    active = [head for head in HEADS if getattr(cfg, f"use_{head}")]
+    local = {head: _widen(score_QP) / cfg.temperature
+             for head, score_QP in _local_blocks(head_scores, dense_global, num_q, group_size).items()}
+    targets_QG = None if teacher_scores_QG is None else torch.softmax(_widen(teacher_scores_QG.detach()), dim=-1)
+    terms = {}
+    for head in active:
+        if head == "dense" and dense_global is not None:
+            terms["dense_loss"] = _global_dense_loss(dense_global, num_q, group_size, targets_QG, cfg)
+        else:
+            terms[f"{head}_loss"] = grouped_infonce(local[head], group_size, targets_QG, cfg.kd_loss_type)
+    lambdas = asdict(cfg.lambdas)
+    weighted = [(lambdas[head], terms[f"{head}_loss"]) for head in active]
+    ensemble_QP = None
+    if len(active) > 1:
+        ensemble_QP = ensemble_scores(local.get("dense"), local.get("sparse"), local.get("colbert"),
+                                      cfg.ensemble_weights)
+        terms["ensemble_loss"] = grouped_infonce(ensemble_QP, group_size, targets_QG, cfg.kd_loss_type)
+        weighted.append((cfg.ensemble_lambda, terms["ensemble_loss"]))
+    loss = _weighted_sum(weighted) / _divisor(cfg.loss_divisor, len(weighted))
+    if ensemble_QP is not None and cfg.use_self_distill and step > cfg.self_distill_start_step:
+        terms.update(_self_distill_terms(ensemble_QP, local, lambdas, cfg))
+        loss = (loss + terms["kd_loss"]) / _divisor(cfg.final_divisor, 2)
+    terms["loss"] = loss
+    return terms
+
+
+def _self_distill_terms(ensemble_QP: Tensor, local: dict[str, Tensor], lambdas: dict[str, float],
+                        cfg: LossConfig) -> dict[str, Tensor]:
+    """KD of every head towards softmax(ensemble) over the full batch row, and their weighted sum."""
+    teacher_QP = ensemble_QP.detach() if cfg.detach_teacher else ensemble_QP
+    targets_QP = torch.softmax(teacher_QP, dim=-1)
+    terms = {f"kd_{head}_loss": soft_cross_entropy(targets_QP, scaled_QP) for head, scaled_QP in local.items()}
+    weighted = [(lambdas[head], terms[f"kd_{head}_loss"]) for head in local]
+    terms["kd_loss"] = _weighted_sum(weighted) / _divisor(cfg.kd_divisor, len(weighted))
+    return terms
+
+
+def _global_dense_loss(dense_global: GlobalDense, num_q: int | None, group_size: int,
+                       targets_QG: Tensor | None, cfg: LossConfig) -> Tensor:
+    """Dense InfoNCE over all ranks (the reference's _compute_cross_device_neg_loss)."""
+    scaled_RS = _widen(dense_global.scores_RS) / cfg.temperature
+    if targets_QG is None:
+        return infonce(scaled_RS, group_size)
+    if cfg.kd_loss_type == "m3_kd_loss":
+        # The reference gathers every rank's teacher targets and distils over all R rows.
+        targets_RG = torch.softmax(_widen(dense_global.teacher_scores_RG.detach()), dim=-1)
+        return m3_kd_loss(targets_RG, scaled_RS, group_size)
+    rows = slice(dense_global.row_offset, dense_global.row_offset + num_q)
+    student_QG = own_group(scaled_RS, group_size)[rows]
+    return soft_cross_entropy(targets_QG, student_QG) + infonce(scaled_RS, group_size)
+
+
+def _local_blocks(head_scores: HeadScores, dense_global: GlobalDense | None, num_q: int | None,
+                  group_size: int) -> dict[str, Tensor]:
+    """Each active head's local (Q, P) matrix; the dense one is cut out of the global one if absent."""
+    blocks = {head: getattr(head_scores, head) for head in HEADS if getattr(head_scores, head) is not None}
+    if dense_global is not None and "dense" not in blocks and num_q is not None:
+        row, col = dense_global.row_offset, dense_global.row_offset * group_size
+        blocks["dense"] = dense_global.scores_RS[row:row + num_q, col:col + num_q * group_size]
+    return {head: blocks[head] for head in HEADS if head in blocks}
+
+
+def _widen(score_QP: Tensor) -> Tensor:
+    """Half-precision scores go to float32: the matrices are small and a bf16 softmax of /0.02 scores
+    is coarse (the reference computes in the model's dtype)."""
+    narrow = not score_QP.is_floating_point() or score_QP.dtype in (torch.float16, torch.bfloat16)
+    return score_QP.float() if narrow else score_QP
+
+
+def _divisor(configured: float | None, num_terms: int) -> float:
+    """The configured divisor, or the number of terms when it is None (the reference's averaging)."""
+    return num_terms if configured is None else configured
+
+
+def _weighted_sum(weighted: list[tuple[float, Tensor]]) -> Tensor:
+    return sum((weight * term for weight, term in weighted[1:]), weighted[0][0] * weighted[0][1])
+
+
+def _as_head_scores(scores: HeadScores | Mapping[str, Tensor | None]) -> HeadScores:
+    if isinstance(scores, HeadScores):
+        return scores
+    if not isinstance(scores, Mapping):
+        raise ValueError(f"m3_loss: scores must be a HeadScores or a dict with keys {HEADS}, "
+                         f"got {type(scores).__name__}.")
+    unknown = sorted(set(scores) - set(HEADS))
+    if unknown:
+        raise ValueError(f"m3_loss: unknown score key(s) {unknown}; use {HEADS}.")
+    return HeadScores(**scores)
+
+
+def _check_inputs(head_scores: HeadScores, group_size: int, cfg: LossConfig,
+                  teacher_scores_QG: Tensor | None, dense_global: GlobalDense | None) -> int | None:
+    """Raise ValueError on inconsistent inputs; return Q (None only for dense-only global runs)."""
+    if not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"m3_loss: group_size={group_size!r} must be an int >= 1 (1 positive + G-1 negatives).")
+    num_q = _check_local_scores(head_scores, group_size, cfg, dense_global)
+    if teacher_scores_QG is not None:
+        num_q = _check_teacher(teacher_scores_QG, num_q, group_size, "teacher_scores_QG")
+    if dense_global is not None:
+        _check_global(dense_global, num_q, group_size, cfg, teacher_scores_QG is not None)
+    return num_q
+
+
+def _check_local_scores(head_scores: HeadScores, group_size: int, cfg: LossConfig,
+                        dense_global: GlobalDense | None) -> int | None:
+    num_q = None
+    for field in fields(HeadScores):
+        head, score_QP = field.name, getattr(head_scores, field.name)
+        is_on = getattr(cfg, f"use_{head}")
+        if score_QP is None:
+            if is_on and not (head == "dense" and dense_global is not None):
+                raise ValueError(f"m3_loss: cfg.use_{head} is True but scores.{head} is None; "
+                                 f"pass its (Q, Q*G) scores or set use_{head}=False.")
+            continue
+        if not is_on:
+            raise ValueError(f"m3_loss: scores.{head} was given but cfg.use_{head} is False; "
+                             f"pass None or set use_{head}=True.")
+        num_q = _check_matrix(score_QP, group_size, f"scores.{head}", num_q)
+    return num_q
+
+
+def _check_matrix(score_QP: Tensor, group_size: int, name: str, num_q: int | None) -> int:
+    if score_QP.dim() != 2 or score_QP.shape[0] == 0:
+        raise ValueError(f"m3_loss: {name} has shape {tuple(score_QP.shape)}; it must be (Q, Q*G) with Q >= 1.")
+    rows, cols = score_QP.shape
+    if cols != rows * group_size:
+        raise ValueError(f"m3_loss: {name} has shape {tuple(score_QP.shape)} but group_size={group_size} "
+                         f"needs {rows * group_size} columns (G passages per query, positive first).")
+    if num_q is not None and rows != num_q:
+        raise ValueError(f"m3_loss: {name} has {rows} queries but another head has {num_q}; "
+                         "all heads must score the same batch.")
+    return rows
+
+
+def _check_teacher(teacher_QG: Tensor, num_q: int | None, group_size: int, name: str) -> int:
+    expected = (num_q if num_q is not None else teacher_QG.shape[0], group_size)
+    if teacher_QG.dim() != 2 or tuple(teacher_QG.shape) != expected or expected[0] == 0:
+        raise ValueError(f"m3_loss: {name} has shape {tuple(teacher_QG.shape)}; it must be (Q, G) = "
+                         f"{expected} (one reranker score per passage of the query's group, Q >= 1).")
+    return expected[0]
+
+
+def _check_global(dense_global: GlobalDense, num_q: int | None, group_size: int, cfg: LossConfig,
+                  has_teacher: bool) -> None:
+    if not cfg.use_dense:
+        raise ValueError("m3_loss: dense_global was given but cfg.use_dense is False; pass None or turn it on.")
+    num_r = _check_matrix(dense_global.scores_RS, group_size, "dense_global.scores_RS", None)
+    if num_q is not None and not 0 <= dense_global.row_offset <= num_r - num_q:
+        raise ValueError(f"m3_loss: dense_global.row_offset={dense_global.row_offset} does not fit {num_q} "
+                         f"local queries in {num_r} global rows; pass this rank's first global row.")
+    if has_teacher and cfg.kd_loss_type == "m3_kd_loss":
+        if dense_global.teacher_scores_RG is None:
+            raise ValueError("m3_loss: kd_loss_type 'm3_kd_loss' with dense_global needs "
+                             "dense_global.teacher_scores_RG (all ranks' teacher scores, gathered).")
+        _check_teacher(dense_global.teacher_scores_RG, num_r, group_size, "dense_global.teacher_scores_RG")
