@@ -2,10 +2,14 @@
 
 Shape legend: Q queries, P passages = Q*G, G group size, R/S all ranks' queries/passages.
 """
+from types import SimpleNamespace
+
 import pytest
 import torch
+import torch.nn.functional as F
 
-from framework.loss import GlobalDense, HeadScores, LossConfig, m3_loss
+from framework.loss import (GlobalDense, HeadScores, LossConfig, colbert_scores, dense_scores, m3_loss,
+                            sparse_scores)
 
 TAU = 0.5  # a mild temperature keeps the hand-computed softmaxes away from 0/1
 # Q=2, G=2: passages 0,1 belong to query 0 (positive 0), passages 2,3 to query 1 (positive 2).
@@ -32,7 +36,7 @@ def _kd(teacher_QP, scaled_QP):
     return sum(rows) / len(rows)
 
 
-def _scaled(tau=TAU, *mats):
+def _scaled(tau, *mats):
     return [m / tau for m in mats]
 
 
@@ -166,7 +170,8 @@ def test_teacher_scores_apply_to_every_head(kd_loss_type, head_loss):
     out = m3_loss(_all_heads(), 2, 0, cfg, teacher_scores_QG=TEACHER)
     for name, scaled in (("dense", d), ("sparse", s), ("colbert", m), ("ensemble", e)):
         torch.testing.assert_close(out[f"{name}_loss"], head_loss(scaled))
-    torch.testing.assert_close(out["loss"], (head_loss(d) + head_loss(e) + 0.1 * head_loss(s) + head_loss(m)) / 4)
+    want = (head_loss(d) + head_loss(e) + 0.1 * head_loss(s) + head_loss(m)) / 4
+    torch.testing.assert_close(out["loss"], want)
 
 
 def test_group_size_one_uses_the_other_queries_as_negatives():
@@ -277,14 +282,12 @@ class _TinyEncoder(torch.nn.Module):
 
     def __init__(self, gen):
         super().__init__()
-        from types import SimpleNamespace
         self.config = SimpleNamespace(vocab_size=VOCAB)
         self.tok = torch.nn.Parameter(torch.randn(VOCAB, HIDDEN, generator=gen, dtype=torch.float64))
         self.pos = torch.nn.Parameter(torch.randn(16, HIDDEN, generator=gen, dtype=torch.float64))
 
     def forward(self, input_ids, attention_mask, return_dict=True):
-        from types import SimpleNamespace
-        hidden_BLH = torch.nn.functional.softplus(self.tok[input_ids] + self.pos[: input_ids.shape[1]])
+        hidden_BLH = F.softplus(self.tok[input_ids] + self.pos[: input_ids.shape[1]])
         return SimpleNamespace(last_hidden_state=hidden_BLH)
 
 
@@ -313,7 +316,6 @@ def _texts(gen, num_texts, max_len):
 
 
 def _reference_model(encoder, sparse, colbert, temperature, **kwargs):
-    from types import SimpleNamespace
     modeling = pytest.importorskip("FlagEmbedding.finetune.embedder.encoder_only.m3.modeling")
     tokenizer = SimpleNamespace(cls_token_id=CLS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID,
                                 unk_token_id=UNK_ID, padding_side="right")
@@ -324,15 +326,13 @@ def _reference_model(encoder, sparse, colbert, temperature, **kwargs):
 
 def _our_scores(encoder, sparse, colbert, queries, passages):
     """The model side as the framework hands it to the loss: plain per-head tensors."""
-    from framework.loss import colbert_scores, dense_scores, sparse_scores
-
     def heads(batch):
         ids_BL, mask_BL = batch["input_ids"], batch["attention_mask"]
         hidden_BLH = encoder(ids_BL, mask_BL).last_hidden_state
         special_BL = torch.isin(ids_BL, torch.tensor([CLS_ID, EOS_ID, PAD_ID, UNK_ID]))
         weights_BL = torch.relu(sparse(hidden_BLH)).squeeze(-1) * (mask_BL.bool() & ~special_BL)
-        colbert_BLD = torch.nn.functional.normalize(colbert(hidden_BLH[:, 1:]) * mask_BL[:, 1:, None], dim=-1)
-        dense_BD = torch.nn.functional.normalize(hidden_BLH[:, 0], dim=-1)
+        colbert_BLD = F.normalize(colbert(hidden_BLH[:, 1:]) * mask_BL[:, 1:, None], dim=-1)
+        dense_BD = F.normalize(hidden_BLH[:, 0], dim=-1)
         return dense_BD, weights_BL, ids_BL, colbert_BLD, mask_BL[:, 1:]
 
     q, p = heads(queries), heads(passages)
@@ -341,7 +341,8 @@ def _our_scores(encoder, sparse, colbert, queries, passages):
 
 
 def _grads(modules):
-    return [torch.zeros_like(p) if p.grad is None else p.grad.clone() for m in modules for p in m.parameters()]
+    return [torch.zeros_like(p) if p.grad is None else p.grad.clone()
+            for m in modules for p in m.parameters()]
 
 
 def _zero(modules):
@@ -357,13 +358,14 @@ def test_end_to_end_equals_flagembedding(teacher, kd_loss_type, unified):
     modules = (encoder, sparse, colbert)
     queries, passages = _texts(gen, 3, 6), _texts(gen, 9, 9)
     teacher_QG = torch.randn(3, 3, generator=gen, dtype=torch.float64) if teacher else None
-    ref = _reference_model(encoder, sparse, colbert, 0.02, kd_loss_type=kd_loss_type, unified_finetuning=unified,
-                           use_self_distill=True, self_distill_start_step=0)
+    teacher_list = None if teacher_QG is None else teacher_QG.flatten().tolist()  # the reference's input
+    ref = _reference_model(encoder, sparse, colbert, 0.02, kd_loss_type=kd_loss_type,
+                           unified_finetuning=unified, use_self_distill=True, self_distill_start_step=0)
     cfg = LossConfig.preset("reference", kd_loss_type=kd_loss_type, self_distill_start_step=0,
                             use_sparse=unified, use_colbert=unified)
     for step in (0, 1):  # the reference's own counter: no distillation at step 0, distillation at step 1
         _zero(modules)
-        ref_loss = ref(queries, passages, teacher_scores=None if teacher_QG is None else teacher_QG.flatten().tolist()).loss
+        ref_loss = ref(queries, passages, teacher_scores=teacher_list).loss
         ref_loss.backward()
         ref_grads = _grads(modules)
         _zero(modules)
@@ -385,8 +387,8 @@ def test_end_to_end_cross_device_equals_flagembedding(kd_loss_type):
     encoder, (sparse, colbert) = _TinyEncoder(gen), _tiny_heads(gen)
     modules = (encoder, sparse, colbert)
     queries, passages = _texts(gen, 2, 6), _texts(gen, 6, 8)
-    other_q, other_p = torch.randn(2, HIDDEN, generator=gen, dtype=torch.float64), torch.randn(6, HIDDEN, generator=gen, dtype=torch.float64)
-    other_q, other_p = (torch.nn.functional.normalize(t, dim=-1) for t in (other_q, other_p))
+    other_q, other_p = (F.normalize(torch.randn(n, HIDDEN, generator=gen, dtype=torch.float64), dim=-1)
+                        for n in (2, 6))
     teacher_QG, other_teacher = (torch.randn(2, 3, generator=gen, dtype=torch.float64) for _ in range(2))
     ref = _reference_model(encoder, sparse, colbert, 0.02, kd_loss_type=kd_loss_type or "kl_div",
                            use_self_distill=True, self_distill_start_step=-1)
@@ -394,21 +396,23 @@ def test_end_to_end_cross_device_equals_flagembedding(kd_loss_type):
     others = {(2, HIDDEN): other_q, (6, HIDDEN): other_p, (2, 3): torch.softmax(other_teacher, -1)}
     ref._dist_gather_tensor = lambda t: torch.cat([others[tuple(t.shape)], t])
     teacher_list = None if kd_loss_type is None else teacher_QG.flatten().tolist()
-    ref(queries, passages, teacher_scores=teacher_list).loss.backward()
-    ref_loss_grads = _grads(modules)
+    ref_loss = ref(queries, passages, teacher_scores=teacher_list).loss
+    ref_loss.backward()
+    ref_grads = _grads(modules)
     _zero(modules)
 
-    from framework.loss import dense_scores
     dense, sparse_s, colbert_s = _our_scores(encoder, sparse, colbert, queries, passages)
     hidden_q = encoder(queries["input_ids"], queries["attention_mask"]).last_hidden_state
     hidden_p = encoder(passages["input_ids"], passages["attention_mask"]).last_hidden_state
-    q_RD = torch.cat([other_q, torch.nn.functional.normalize(hidden_q[:, 0], dim=-1)])
-    p_SD = torch.cat([other_p, torch.nn.functional.normalize(hidden_p[:, 0], dim=-1)])
-    glob = GlobalDense(dense_scores(q_RD, p_SD), row_offset=2, teacher_scores_RG=torch.cat([other_teacher, teacher_QG]))
+    q_RD = torch.cat([other_q, F.normalize(hidden_q[:, 0], dim=-1)])
+    p_SD = torch.cat([other_p, F.normalize(hidden_p[:, 0], dim=-1)])
+    glob = GlobalDense(dense_scores(q_RD, p_SD), row_offset=2,
+                       teacher_scores_RG=torch.cat([other_teacher, teacher_QG]))
     cfg = LossConfig.preset("reference", kd_loss_type=kd_loss_type or "kl_div")
     ours = m3_loss(HeadScores(sparse=sparse_s, colbert=colbert_s), 3, 0, cfg,
                    teacher_scores_QG=None if kd_loss_type is None else teacher_QG, dense_global=glob)["loss"]
     ours.backward()
-    for got, want in zip(_grads(modules), ref_loss_grads):
+    torch.testing.assert_close(ours, ref_loss)
+    for got, want in zip(_grads(modules), ref_grads):
         torch.testing.assert_close(got, want)
-    assert torch.allclose(dense, glob.scores_RS[2:, 6:])
+    assert torch.allclose(dense, glob.scores_RS[2:, 6:])  # the block m3_loss sliced for the ensemble

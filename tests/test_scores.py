@@ -60,7 +60,8 @@ def _naive_sparse(q_w, q_ids, p_w, p_ids, vocab):
 def test_dense_scores_match_loop():
     gen = torch.Generator().manual_seed(0)
     q_QD, p_PD = torch.randn(3, 5, generator=gen), torch.randn(6, 5, generator=gen)
-    expected = torch.tensor([[sum(q_QD[i, d] * p_PD[j, d] for d in range(5)) for j in range(6)] for i in range(3)])
+    expected = torch.tensor([[sum(q_QD[i, d] * p_PD[j, d] for d in range(5)) for j in range(6)]
+                             for i in range(3)])
     torch.testing.assert_close(dense_scores(q_QD, p_PD), expected)
 
 
@@ -193,7 +194,8 @@ def test_colbert_all_padding_passage_scores_zero_and_query_divisor():
 
 def test_colbert_rejects_bad_chunk_size():
     with pytest.raises(ValueError, match="chunk_size"):
-        colbert_scores(torch.ones(1, 1, 2), torch.ones(1, 1), torch.ones(1, 1, 2), torch.ones(1, 1), chunk_size=0)
+        colbert_scores(torch.ones(1, 1, 2), torch.ones(1, 1), torch.ones(1, 1, 2), torch.ones(1, 1),
+                       chunk_size=0)
 
 
 def test_ensemble_scores_weights_and_missing_heads():

@@ -99,13 +99,20 @@ class LossConfig:
 
     @classmethod
     def preset(cls, name: str = "reference", **overrides) -> "LossConfig":
-        """The named preset ('reference' or 'paper') with `overrides` applied on top."""
+        """The named preset with `overrides` (field=value) applied on top.
+
+        'reference' (default): FlagEmbedding's M3 loss, /4, /3, /2 and a detached teacher.
+        'paper': the final paper's eqs. 2-6, L + L' with divisors 1 and a teacher with gradient. The
+        copy of the paper in shared/ prints /4, /3 and /2; pass loss_divisor=4, kd_divisor=3,
+        final_divisor=2 to get that variant.
+        """
         if name not in _PRESETS:
             raise ValueError(f"LossConfig.preset: unknown preset {name!r}; use one of {sorted(_PRESETS)}.")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise ValueError(f"LossConfig.preset: unknown field(s) {unknown}; valid fields are {sorted(known)}.")
+            raise ValueError(f"LossConfig.preset: unknown field(s) {unknown}; "
+                             f"valid fields are {sorted(known)}.")
         return cls(**{**_PRESETS[name], **overrides})
 
 

@@ -68,5 +68,7 @@ def grouped_infonce(scores_QP: Tensor, group_size: int, targets_QG: Tensor | Non
     if kd_loss_type == "m3_kd_loss":
         return m3_kd_loss(targets_QG, scores_QP, group_size)
     if kd_loss_type == "kl_div":
-        return soft_cross_entropy(targets_QG, own_group(scores_QP, group_size)) + infonce(scores_QP, group_size)
-    raise ValueError(f"grouped_infonce: kd_loss_type={kd_loss_type!r} is unknown; use 'kl_div' or 'm3_kd_loss'.")
+        soft = soft_cross_entropy(targets_QG, own_group(scores_QP, group_size))
+        return soft + infonce(scores_QP, group_size)
+    raise ValueError(f"grouped_infonce: kd_loss_type={kd_loss_type!r} is unknown; "
+                     "use 'kl_div' or 'm3_kd_loss'.")

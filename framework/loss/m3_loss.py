@@ -28,7 +28,7 @@ HEADS = ("dense", "sparse", "colbert")
 
 @dataclass(frozen=True)
 class HeadScores:
-    """Raw (not temperature-scaled) (Q, P) score matrices of the local batch; None for a head that is off."""
+    """Raw (not temperature-scaled) (Q, P) score matrices of the local batch; None for heads off."""
 
     dense: Tensor | None = None
     """Dense scores; may stay None when GlobalDense is given (the local block is then sliced from it)."""
@@ -50,8 +50,9 @@ class GlobalDense:
     """All ranks' reranker scores; needed only for teacher distillation with kd_loss_type 'm3_kd_loss'."""
 
 
-def m3_loss(scores: HeadScores | Mapping[str, Tensor | None], group_size: int, step: int, cfg: LossConfig,
-            teacher_scores_QG: Tensor | None = None, dense_global: GlobalDense | None = None) -> dict[str, Tensor]:
+def m3_loss(scores: HeadScores | Mapping[str, Tensor | None], group_size: int, step: int,
+            cfg: LossConfig, teacher_scores_QG: Tensor | None = None,
+            dense_global: GlobalDense | None = None) -> dict[str, Tensor]:
     """Named loss terms of one local batch; `loss` is the total to backpropagate.
 
     `step` is compared with cfg.self_distill_start_step; the reference counts forward calls from 0
@@ -66,7 +67,7 @@ def m3_loss(scores: HeadScores | Mapping[str, Tensor | None], group_size: int, s
     active = [head for head in HEADS if getattr(cfg, f"use_{head}")]
     local = {head: _widen(score_QP) / cfg.temperature
              for head, score_QP in _local_blocks(head_scores, dense_global, num_q, group_size).items()}
-    targets_QG = None if teacher_scores_QG is None else torch.softmax(_widen(teacher_scores_QG.detach()), dim=-1)
+    targets_QG = None if teacher_scores_QG is None else _teacher_targets(teacher_scores_QG)
     terms = {}
     for head in active:
         if head == "dense" and dense_global is not None:
@@ -94,7 +95,8 @@ def _self_distill_terms(ensemble_QP: Tensor, local: dict[str, Tensor], lambdas: 
     """KD of every head towards softmax(ensemble) over the full batch row, and their weighted sum."""
     teacher_QP = ensemble_QP.detach() if cfg.detach_teacher else ensemble_QP
     targets_QP = torch.softmax(teacher_QP, dim=-1)
-    terms = {f"kd_{head}_loss": soft_cross_entropy(targets_QP, scaled_QP) for head, scaled_QP in local.items()}
+    terms = {f"kd_{head}_loss": soft_cross_entropy(targets_QP, scaled_QP)
+             for head, scaled_QP in local.items()}
     weighted = [(lambdas[head], terms[f"kd_{head}_loss"]) for head in local]
     terms["kd_loss"] = _weighted_sum(weighted) / _divisor(cfg.kd_divisor, len(weighted))
     return terms
@@ -108,7 +110,7 @@ def _global_dense_loss(dense_global: GlobalDense, num_q: int | None, group_size:
         return infonce(scaled_RS, group_size)
     if cfg.kd_loss_type == "m3_kd_loss":
         # The reference gathers every rank's teacher targets and distils over all R rows.
-        targets_RG = torch.softmax(_widen(dense_global.teacher_scores_RG.detach()), dim=-1)
+        targets_RG = _teacher_targets(dense_global.teacher_scores_RG)
         return m3_kd_loss(targets_RG, scaled_RS, group_size)
     rows = slice(dense_global.row_offset, dense_global.row_offset + num_q)
     student_QG = own_group(scaled_RS, group_size)[rows]
@@ -118,11 +120,17 @@ def _global_dense_loss(dense_global: GlobalDense, num_q: int | None, group_size:
 def _local_blocks(head_scores: HeadScores, dense_global: GlobalDense | None, num_q: int | None,
                   group_size: int) -> dict[str, Tensor]:
     """Each active head's local (Q, P) matrix; the dense one is cut out of the global one if absent."""
-    blocks = {head: getattr(head_scores, head) for head in HEADS if getattr(head_scores, head) is not None}
+    blocks = {head: getattr(head_scores, head) for head in HEADS
+              if getattr(head_scores, head) is not None}
     if dense_global is not None and "dense" not in blocks and num_q is not None:
         row, col = dense_global.row_offset, dense_global.row_offset * group_size
         blocks["dense"] = dense_global.scores_RS[row:row + num_q, col:col + num_q * group_size]
     return {head: blocks[head] for head in HEADS if head in blocks}
+
+
+def _teacher_targets(teacher_scores_QG: Tensor) -> Tensor:
+    """softmax over the group of the reranker's raw scores; never differentiated."""
+    return torch.softmax(_widen(teacher_scores_QG.detach()), dim=-1)
 
 
 def _widen(score_QP: Tensor) -> Tensor:
@@ -157,7 +165,8 @@ def _check_inputs(head_scores: HeadScores, group_size: int, cfg: LossConfig,
                   teacher_scores_QG: Tensor | None, dense_global: GlobalDense | None) -> int | None:
     """Raise ValueError on inconsistent inputs; return Q (None only for dense-only global runs)."""
     if not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"m3_loss: group_size={group_size!r} must be an int >= 1 (1 positive + G-1 negatives).")
+        raise ValueError(f"m3_loss: group_size={group_size!r} must be an int >= 1 "
+                         "(1 positive + G-1 negatives per query).")
     num_q = _check_local_scores(head_scores, group_size, cfg, dense_global)
     if teacher_scores_QG is not None:
         num_q = _check_teacher(teacher_scores_QG, num_q, group_size, "teacher_scores_QG")
@@ -186,7 +195,8 @@ def _check_local_scores(head_scores: HeadScores, group_size: int, cfg: LossConfi
 
 def _check_matrix(score_QP: Tensor, group_size: int, name: str, num_q: int | None) -> int:
     if score_QP.dim() != 2 or score_QP.shape[0] == 0:
-        raise ValueError(f"m3_loss: {name} has shape {tuple(score_QP.shape)}; it must be (Q, Q*G) with Q >= 1.")
+        raise ValueError(f"m3_loss: {name} has shape {tuple(score_QP.shape)}; "
+                         "it must be (Q, Q*G) with Q >= 1.")
     rows, cols = score_QP.shape
     if cols != rows * group_size:
         raise ValueError(f"m3_loss: {name} has shape {tuple(score_QP.shape)} but group_size={group_size} "
@@ -198,8 +208,9 @@ def _check_matrix(score_QP: Tensor, group_size: int, name: str, num_q: int | Non
 
 
 def _check_teacher(teacher_QG: Tensor, num_q: int | None, group_size: int, name: str) -> int:
-    expected = (num_q if num_q is not None else teacher_QG.shape[0], group_size)
-    if teacher_QG.dim() != 2 or tuple(teacher_QG.shape) != expected or expected[0] == 0:
+    rows = num_q if num_q is not None else (teacher_QG.shape[0] if teacher_QG.dim() else 0)
+    expected = (rows, group_size)
+    if teacher_QG.dim() != 2 or tuple(teacher_QG.shape) != expected or rows == 0:
         raise ValueError(f"m3_loss: {name} has shape {tuple(teacher_QG.shape)}; it must be (Q, G) = "
                          f"{expected} (one reranker score per passage of the query's group, Q >= 1).")
     return expected[0]
@@ -208,7 +219,8 @@ def _check_teacher(teacher_QG: Tensor, num_q: int | None, group_size: int, name:
 def _check_global(dense_global: GlobalDense, num_q: int | None, group_size: int, cfg: LossConfig,
                   has_teacher: bool) -> None:
     if not cfg.use_dense:
-        raise ValueError("m3_loss: dense_global was given but cfg.use_dense is False; pass None or turn it on.")
+        raise ValueError("m3_loss: dense_global was given but cfg.use_dense is False; "
+                         "pass None or set use_dense=True.")
     num_r = _check_matrix(dense_global.scores_RS, group_size, "dense_global.scores_RS", None)
     if num_q is not None and not 0 <= dense_global.row_offset <= num_r - num_q:
         raise ValueError(f"m3_loss: dense_global.row_offset={dense_global.row_offset} does not fit {num_q} "
@@ -217,4 +229,5 @@ def _check_global(dense_global: GlobalDense, num_q: int | None, group_size: int,
         if dense_global.teacher_scores_RG is None:
             raise ValueError("m3_loss: kd_loss_type 'm3_kd_loss' with dense_global needs "
                              "dense_global.teacher_scores_RG (all ranks' teacher scores, gathered).")
-        _check_teacher(dense_global.teacher_scores_RG, num_r, group_size, "dense_global.teacher_scores_RG")
+        _check_teacher(dense_global.teacher_scores_RG, num_r, group_size,
+                       "dense_global.teacher_scores_RG")

@@ -32,6 +32,9 @@ def sparse_scores(q_weights_QL: Tensor, q_ids_QL: Tensor, p_weights_PM: Tensor, 
     query can contribute to a score, so the vocabulary is compacted to the U distinct query ids:
     memory O((Q+P)*U + Q*L + P*M) with U <= distinct query ids <= min(V, Q*L). Passage tokens whose
     id is in no query get no column and no gradient, which is exact: they add 0 to every score.
+    The backward of scatter_reduce keeps a handful of (P, U) buffers alive at its peak; measured by
+    bench/sparse_score_memory.py at Q=32, P=256, L=512 with Zipf ids: U ~ 7k, ~60 MB for forward +
+    backward against ~260 GB (extrapolated) for the (B, L, V) path.
     Gradients reach the weights through scatter_reduce('amax'), which splits the gradient evenly
     between equal maxima of a repeated token (the reference gives it all to one of them).
     """
