@@ -1,0 +1,1 @@
+"""Data: shard format, manifests, record validation, and the length-bucketed streaming loader."""

@@ -1,0 +1,101 @@
+"""From records to a training batch: sample each query's group, then pad (to a multiple of 8).
+
+Group sampling follows the reference: one positive drawn from `pos`; G-1 negatives drawn from `neg`
+without replacement, the list repeated when it is too short. A query with no negatives keeps its slots
+filled with copies of its positive marked invalid (`passage_valid_P` False): the loss must ignore those
+columns, so that query trains on in-batch negatives only (the reference divides by zero there).
+All randomness comes from a seed derived from (seed, epoch, sample key), so a sample's group does not
+depend on which rank, worker or position reads it.
+
+Shape legend: Q queries, P passages (= Q * G), G group size, L tokens.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import torch
+
+from framework.data.plan import derive_seed
+
+
+@dataclass
+class Group:
+    """One query with its G passages (positive first), as token ids."""
+
+    key: str
+    query_ids: list[int]
+    passage_ids: list[list[int]]
+    valid: list[bool]
+    scores: list[float] | None
+    has_negatives: bool
+
+
+@dataclass
+class Batch:
+    """What the trainer consumes."""
+
+    q_ids_QL: torch.Tensor
+    q_mask_QL: torch.Tensor
+    p_ids_PL: torch.Tensor
+    p_mask_PL: torch.Tensor
+    passage_valid_P: torch.Tensor
+    """False for placeholder passages of queries without negatives."""
+    teacher_scores_QG: torch.Tensor | None
+    """Reranker scores when every query of the batch carries them."""
+    group_size: int
+    stream: tuple
+    """(source, bucket) the batch was drawn from."""
+    keys: list[str]
+    num_tokens: int
+    """Real (unpadded) tokens in queries and passages."""
+    num_padded_tokens: int
+    """Tokens including padding: num_tokens / num_padded_tokens is the padding efficiency."""
+    stats: dict[str, int]
+    """Records counted by reason (bad, truncated, no negatives...) since the previous batch."""
+
+
+def choose_group(record: dict, text_ids: list[list[int]], group_size: int, seed: int, epoch: int,
+                 key: str) -> Group:
+    """text_ids: ids of [query, *pos, *neg] in the record's order."""
+    rng = random.Random(derive_seed(seed, epoch, "group", key))
+    num_pos, negs = len(record["pos"]), list(range(len(record["neg"])))
+    p = rng.randrange(num_pos)
+    passages, valid, scores = [text_ids[1 + p]], [True], None
+    if group_size > 1 and negs:
+        if len(negs) < group_size - 1:
+            negs = negs * math.ceil((group_size - 1) / len(negs))
+        chosen = rng.sample(negs, group_size - 1)
+        passages += [text_ids[1 + num_pos + n] for n in chosen]
+        valid += [True] * len(chosen)
+        if "pos_scores" in record and "neg_scores" in record:
+            scores = [record["pos_scores"][p]] + [record["neg_scores"][n] for n in chosen]
+    elif group_size > 1:
+        passages += [text_ids[1 + p]] * (group_size - 1)
+        valid += [False] * (group_size - 1)
+    return Group(key, list(text_ids[0]), passages, valid, scores, bool(negs) or group_size == 1)
+
+
+def pad_to_multiple(seqs: list[list[int]], pad_id: int, multiple: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest sequence rounded up to `multiple` (tensor-core friendly widths)."""
+    width = max((len(s) for s in seqs), default=0)
+    width = -(-width // multiple) * multiple
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.as_tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return ids, mask
+
+
+def collate(groups: list[Group], group_size: int, pad_id: int, stream: tuple, stats: dict[str, int]) -> Batch:
+    """Pad a batch. `groups` may be short or even empty when a rank's data ran out through bad records:
+    the batch is still yielded (and counted as short) so that every rank takes part in every step."""
+    q_ids, q_mask = pad_to_multiple([g.query_ids for g in groups], pad_id)
+    p_ids, p_mask = pad_to_multiple([p for g in groups for p in g.passage_ids], pad_id)
+    with_scores = all(g.scores is not None for g in groups)
+    teacher = torch.tensor([g.scores for g in groups], dtype=torch.float32) if with_scores and groups else None
+    real = int(q_mask.sum() + p_mask.sum())
+    return Batch(q_ids, q_mask, p_ids, p_mask, torch.tensor([v for g in groups for v in g.valid], dtype=torch.bool), teacher,
+                 group_size, stream, [g.key for g in groups], real, q_ids.numel() + p_ids.numel(), stats)

@@ -1,0 +1,54 @@
+"""The on-disk format of training shards: one contract between tools/make_shards.py and the stream.
+
+A shard is a WebDataset tar. Each sample has the key `<source>/<part>/<index>` (no dots: WebDataset splits
+keys at the first dot) and these members:
+
+  <key>.json  UTF-8 JSON of the normalised record:
+              {"query": str, "pos": [str, ...], "neg": [str, ...],           # neg may be []
+               "pos_scores": [float, ...], "neg_scores": [float, ...],       # optional, same lengths as pos/neg
+               "prompt": str, "type": str,                                   # optional
+               "source": str, "lang": str}                                   # lang optional
+  <key>.tok   optional pre-tokenised ids (special tokens included) of the texts in the order
+              query, pos..., neg...: see encode_token_ids. Present for every sample of a shard or none.
+
+A manifest (JSON) lists the shards; see framework/data/manifest.py.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+JSON_EXT = "json"
+TOKENS_EXT = "tok"
+# Little-endian int32 throughout: [num_texts, len_0, ..., len_{n-1}, ids_0..., ids_1..., ...].
+_DTYPE = np.dtype("<i4")
+
+
+def encode_token_ids(seqs: list[list[int]]) -> bytes:
+    """Pack the token ids of a sample's texts (query first) into one flat int32 buffer."""
+    lengths = [len(s) for s in seqs]
+    flat = [len(seqs), *lengths]
+    for s in seqs:
+        flat.extend(s)
+    return np.asarray(flat, dtype=_DTYPE).tobytes()
+
+
+def decode_token_ids(payload: bytes) -> list[np.ndarray]:
+    """Inverse of encode_token_ids; raises ValueError on a truncated or inconsistent buffer."""
+    if len(payload) % _DTYPE.itemsize:
+        raise ValueError(f"token payload of {len(payload)} bytes is not a whole number of int32 values")
+    flat = np.frombuffer(payload, dtype=_DTYPE)
+    if flat.size == 0 or flat[0] < 0 or flat.size < 1 + flat[0]:
+        raise ValueError("token payload header is truncated")
+    num = int(flat[0])
+    lengths = flat[1:1 + num]
+    if (lengths < 0).any() or 1 + num + int(lengths.sum()) != flat.size:
+        raise ValueError(f"token payload lengths {lengths.tolist()} do not match its {flat.size} values")
+    ends = np.cumsum(lengths) + 1 + num
+    return [flat[end - n:end] for end, n in zip(ends.tolist(), lengths.tolist())]
+
+
+def sample_key(source: str, part: int, index: int) -> str:
+    """Deterministic key of the index-th record of an input part (sortable, dot-free)."""
+    if "." in source or "/" in source:
+        raise ValueError(f"source name {source!r} may not contain '.' or '/'; rename the source")
+    return f"{source}/{part:05d}/{index:010d}"
