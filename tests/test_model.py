@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from framework.inference.embedder import pad_batch
+from framework.data.collate import pad_to_multiple
 from framework.model import ModelConfig, load_m3
 
 TEXTS = ["Der schnelle braune Fuchs springt.", "Le renard brun rapide saute par-dessus le chien paresseux.",
@@ -18,7 +18,7 @@ def model_and_tok(tiny_model_dir):
 
 
 def _batch(tok, texts):
-    return pad_batch(tok(texts)["input_ids"], tok.pad_token_id)
+    return pad_to_multiple(tok(texts)["input_ids"], tok.pad_token_id)
 
 
 def test_heads_follow_the_reference_definitions(model_and_tok):

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from framework.data.collate import pad_to_multiple
 from framework.inference.mcls import insert_cls, mcls_dense
 from framework.model import M3Model, load_m3
 
@@ -42,17 +43,6 @@ def check_texts(texts, what: str = "texts") -> list[str]:
         if not text.strip():
             raise ValueError(f"{what}[{i}] is empty or whitespace; an empty text has no embedding, drop it")
     return texts
-
-
-def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad id lists to the batch's longest -> (ids_BL, mask_BL)."""
-    width = max(len(s) for s in seqs)
-    ids_BL = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask_BL = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids_BL[i, :len(s)] = torch.as_tensor(s, dtype=torch.long)
-        mask_BL[i, :len(s)] = 1
-    return ids_BL, mask_BL
 
 
 class M3Embedder:
@@ -123,7 +113,7 @@ class M3Embedder:
         show = len(ids) > batch_size if progress is None else progress
         for start in tqdm(starts, desc="encode", disable=not show):
             idx = order[start:start + batch_size]
-            ids_BL, mask_BL = pad_batch([ids[i] for i in idx], self.tokenizer.pad_token_id)
+            ids_BL, mask_BL = pad_to_multiple([ids[i] for i in idx], self.tokenizer.pad_token_id)
             yield idx, ids_BL.to(self.device), mask_BL.to(self.device)
 
     def _encode_ids(self, ids, dense, sparse, multi_vector, batch_size, progress) -> dict:
