@@ -1,0 +1,73 @@
+"""Length buckets and the batch size of each (paper section 3.4, Table 9).
+
+A sample's length is the longest of its query and passages in tokens (specials included): that is the
+width its passage batch pads to. Shards are grouped by bucket at preparation time; at training time a
+batch size per bucket comes either from a table of *total* (all-rank) batch sizes, like the paper's
+Table 9, or from a token budget per rank (batch = budget // the bucket's upper edge).
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+# The paper's ranges, with finer buckets below 500 tokens where most short data lives.
+DEFAULT_EDGES = (64, 128, 256, 500, 1000, 2000, 3000, 4000, 5000, 6000, 7000, 8192)
+
+# Table 9 of the paper: total batch size per length range (upper edge -> size).
+PAPER_UNSUPERVISED = {500: 67200, 1000: 54720, 2000: 37248, 3000: 27648, 4000: 21504, 5000: 17280,
+                      6000: 15072, 7000: 12288, 8192: 9984}
+PAPER_FINETUNE = {500: 1152, 1000: 768, 2000: 480, 3000: 432, 4000: 336, 5000: 336, 6000: 288, 7000: 240,
+                  8192: 192}
+
+
+def bucket_of(length: int, edges: tuple[int, ...]) -> int:
+    """Index of the first bucket whose upper edge is >= length; lengths above the last edge are refused."""
+    if length > edges[-1]:
+        raise ValueError(f"length {length} exceeds the last bucket edge {edges[-1]}; truncate the texts "
+                         "(--max-length) or add a larger edge")
+    return bisect.bisect_left(edges, length)
+
+
+@dataclass(frozen=True)
+class BucketConfig:
+    """Bucket edges and how big a batch of each bucket is."""
+
+    edges: tuple[int, ...] = DEFAULT_EDGES
+    """Upper edges in tokens, increasing; bucket i holds lengths in (edges[i-1], edges[i]]."""
+    total_batch: dict[int, int] = field(default_factory=dict)
+    """Upper edge -> batch size over all ranks (Table 9 style); an edge without an entry takes the
+    entry of the next larger edge listed (so the paper's 0-500 size covers the finer buckets)."""
+    tokens_per_rank: int | None = None
+    """Alternative to total_batch: batch per rank = tokens_per_rank // upper edge."""
+
+    def __post_init__(self) -> None:
+        if not self.edges or list(self.edges) != sorted(set(self.edges)) or self.edges[0] < 1:
+            raise ValueError(f"bucket edges {self.edges} must be positive and strictly increasing")
+        if bool(self.total_batch) == (self.tokens_per_rank is not None):
+            raise ValueError("give exactly one of total_batch (a table of total batch sizes per bucket edge) "
+                             "or tokens_per_rank (a token budget)")
+        unknown = sorted(set(self.total_batch) - set(self.edges))
+        if unknown:
+            raise ValueError(f"total_batch has edges {unknown} that are not bucket edges {self.edges}")
+
+    def per_rank(self, world_size: int) -> dict[int, int]:
+        """Bucket index -> samples per rank per batch, checked to divide evenly across ranks."""
+        if self.tokens_per_rank is not None:
+            sizes = {i: self.tokens_per_rank // edge for i, edge in enumerate(self.edges)}
+            small = [self.edges[i] for i, n in sizes.items() if n < 1]
+            if small:
+                raise ValueError(f"tokens_per_rank={self.tokens_per_rank} is below the bucket edges {small}; "
+                                 "raise the budget or drop those buckets")
+            return sizes
+        listed = sorted(self.total_batch)
+        sizes = {}
+        for i, edge in enumerate(self.edges):
+            j = bisect.bisect_left(listed, edge)
+            if j == len(listed):
+                raise ValueError(f"no total batch for bucket edge {edge}: add it (or a larger edge) to total_batch")
+            total = self.total_batch[listed[j]]
+            if total % world_size:
+                raise ValueError(f"total batch {total} of bucket edge {edge} is not divisible by the "
+                                 f"{world_size} ranks; pick a multiple of {world_size}")
+            sizes[i] = total // world_size
+        return sizes
