@@ -2,12 +2,12 @@
 import numpy as np
 import pytest
 
-from framework.data.plan import ShardInfo, build_slot_plan, slot_bounds
+from framework.data.plan import ShardRef, build_slot_plan, slot_bounds
 
 
-def _shards(num: int, seed: int = 0, sizes=(200, 1200)) -> list[ShardInfo]:
+def _shards(num: int, seed: int = 0, sizes=(200, 1200)) -> list[ShardRef]:
     rng = np.random.default_rng(seed)
-    return [ShardInfo(f"shard-{i:05d}.tar", int(rng.integers(*sizes)), f"src{i % 4}", int(rng.integers(0, 9)))
+    return [ShardRef(f"shard-{i:05d}.tar", int(rng.integers(*sizes)), f"src{i % 4}", int(rng.integers(0, 9)))
             for i in range(num)]
 
 

@@ -9,7 +9,7 @@ import webdataset as wds
 from transformers import AutoTokenizer
 
 from framework.data.format import encode_token_ids, sample_key
-from framework.data.plan import ShardInfo
+from framework.data.plan import ShardRef
 from framework.data.stream import DataError, PairStream, StreamConfig, StreamState, loader
 
 
@@ -46,7 +46,7 @@ def write_shards(root, tok=None, sources=("a", "b"), buckets=(0, 1, 2), shards_p
                             texts = [rec["query"], *rec["pos"], *rec["neg"]]
                             sample["tok"] = encode_token_ids(tok(texts)["input_ids"])
                         sink.write(sample)
-                shards.append(ShardInfo(str(path), per_shard, source, bucket))
+                shards.append(ShardRef(str(path), per_shard, source, bucket))
     return shards
 
 
@@ -160,3 +160,26 @@ def test_worker_count_must_match_the_plan(tmp_path, tok):
     stream = PairStream(shards, StreamConfig(batch_sizes={0: 2}, num_workers=2), tok, 0, 1, validate)
     with pytest.raises(ValueError, match="must match"):
         list(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=1))
+
+
+def test_jsonl_to_shards_to_stream_end_to_end(tmp_path, tok, tokenizer_dir):
+    """The real path: JSONL -> tools/make_shards.py (pre-tokenised, bucketed) -> manifest -> stream."""
+    from tools.make_shards import ShardConfig, make_shards
+
+    rows = [_record("web", i % 3, i) for i in range(90)] + [{"query": "", "pos": ["x"]}]  # one bad row
+    src = tmp_path / "web.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    manifest = make_shards([src], ShardConfig(out_dir=tmp_path / "shards", tokenizer=str(tokenizer_dir),
+                                              pretokenize=True, shard_size=7, length_edges=(32, 64, 128),
+                                              max_bad_fraction=0.05))
+    assert manifest.num_samples == 90 and manifest.rejected.get("empty_text") == 1
+    cfg = StreamConfig(batch_sizes={0: 3, 1: 2, 2: 2}, group_size=2, num_workers=2, seed=1)
+    path = tmp_path / "shards" / "manifest.json"
+    runs = [list(loader(PairStream.from_manifest(path, cfg, tok, r, 2))) for r in range(2)]
+    assert [b.stream for b in runs[0]] == [b.stream for b in runs[1]]
+    keys = [k for run in runs for b in run for k in b.keys]
+    assert len(keys) == len(set(keys)) and len(keys) > 60
+    widths = {b.stream[1]: b.p_ids_PL.shape[1] for run in runs for b in run}
+    assert widths[0] <= 32 and 32 < max(widths.values()) <= 128  # batches pad within their bucket
+    with pytest.raises(ValueError, match=r"sources \['nope'\] are not in"):
+        PairStream.from_manifest(path, StreamConfig(batch_sizes={0: 1}, sources=("nope",)), tok, 0, 1)

@@ -25,11 +25,11 @@ import numpy as np
 
 
 @dataclass(frozen=True)
-class ShardInfo:
-    """What the plan needs to know about one shard (from the manifest)."""
+class ShardRef:
+    """What the plan needs to know about one shard (built from a manifest entry)."""
 
     path: str
-    """Shard location (as the manifest gives it)."""
+    """Shard file path (absolute, or relative to the working directory)."""
     num_samples: int
     """Samples in the shard."""
     source: str
@@ -67,8 +67,8 @@ def derive_seed(*parts) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
-def group_streams(shards: list[ShardInfo], mix_sources: bool) -> dict[tuple, list[ShardInfo]]:
-    streams: dict[tuple, list[ShardInfo]] = {}
+def group_streams(shards: list[ShardRef], mix_sources: bool) -> dict[tuple, list[ShardRef]]:
+    streams: dict[tuple, list[ShardRef]] = {}
     for shard in sorted(shards, key=lambda s: (s.source, s.bucket, s.path)):
         key = ("*", shard.bucket) if mix_sources else (shard.source, shard.bucket)
         streams.setdefault(key, []).append(shard)
@@ -80,7 +80,7 @@ def slot_bounds(num_samples: int, slot: int, num_slots: int) -> tuple[int, int]:
     return num_samples * slot // num_slots, num_samples * (slot + 1) // num_slots
 
 
-def segments_of(shards: list[ShardInfo], start: int, end: int) -> tuple[Segment, ...]:
+def segments_of(shards: list[ShardRef], start: int, end: int) -> tuple[Segment, ...]:
     """The parts of the ordered shards that cover samples [start, end) of their concatenation."""
     out, offset = [], 0
     for shard in shards:
@@ -93,7 +93,7 @@ def segments_of(shards: list[ShardInfo], start: int, end: int) -> tuple[Segment,
     return tuple(out)
 
 
-def ordered_shards(shards: list[ShardInfo], seed: int, epoch: int, key: tuple) -> list[ShardInfo]:
+def ordered_shards(shards: list[ShardRef], seed: int, epoch: int, key: tuple) -> list[ShardRef]:
     rng = np.random.default_rng(derive_seed(seed, epoch, "shards", *key))
     return [shards[i] for i in rng.permutation(len(shards))]
 
@@ -119,7 +119,7 @@ class SlotPlan:
     """Samples in this slot's ranges that make no whole lock-step batch this epoch."""
 
 
-def build_slot_plan(shards: list[ShardInfo], batch_sizes: dict[int, int], rank: int, world_size: int,
+def build_slot_plan(shards: list[ShardRef], batch_sizes: dict[int, int], rank: int, world_size: int,
                     worker: int, num_workers: int, seed: int, epoch: int, mix_sources: bool = False,
                     source_weights: dict[str, float] | None = None) -> SlotPlan:
     """The plan of slot (rank, worker). `batch_sizes` maps bucket index -> samples per rank per batch.

@@ -18,8 +18,10 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from framework.data.collate import Batch, Group, choose_group, collate
 from framework.data.format import JSON_EXT, TOKENS_EXT, decode_token_ids
-from framework.data.plan import ShardInfo, SlotPlan, StreamPlan, build_slot_plan, derive_seed, segments_of
+from framework.data.plan import Segment, ShardRef, SlotPlan, StreamPlan, build_slot_plan, derive_seed, segments_of
+from framework.data.manifest import load_manifest
 from framework.data.reader import ShardError, read_segment
+from framework.data.records import validate_record
 
 
 class DataError(RuntimeError):
@@ -48,6 +50,8 @@ class StreamConfig:
     """Passage tokens (specials included) after truncation."""
     shuffle_window: int = 1024
     """Samples shuffled together within a slot's stream (a window restarts exactly on resume)."""
+    sources: tuple[str, ...] = ()
+    """Sources of the manifest this stage reads (empty: all of them)."""
     max_bad_fraction: float = 0.01
     """Stop when more than this fraction of the records read were bad."""
     bad_budget_after: int = 1000
@@ -99,10 +103,25 @@ Validate = Callable[[dict], dict]
 class PairStream(IterableDataset):
     """One epoch of batches for one rank."""
 
-    def __init__(self, shards: list[ShardInfo], cfg: StreamConfig, tokenizer, rank: int, world_size: int,
+    def __init__(self, shards: list[ShardRef], cfg: StreamConfig, tokenizer, rank: int, world_size: int,
                  validate: Validate, state: StreamState = StreamState()):
         self.shards, self.cfg, self.tokenizer = shards, cfg, tokenizer
         self.rank, self.world_size, self.validate, self.state = rank, world_size, validate, state
+
+    @classmethod
+    def from_manifest(cls, manifest_path, cfg: StreamConfig, tokenizer, rank: int, world_size: int,
+                      state: StreamState = StreamState()) -> "PairStream":
+        """The stream over a manifest's shards, validating records as tools/make_shards.py did."""
+        manifest = load_manifest(manifest_path)
+        known = set(manifest.samples_by_source())
+        unknown = sorted(set(cfg.sources) - known)
+        if unknown:
+            raise ValueError(f"sources {unknown} are not in {manifest_path} (it has {sorted(known)}); "
+                             "fix stream.sources or prepare those shards")
+        wanted = set(cfg.sources) or known
+        shards = [ShardRef(str(manifest.shard_path(s)), s.num_samples, s.source, s.bucket)
+                  for s in manifest.shards if s.source in wanted]
+        return cls(shards, cfg, tokenizer, rank, world_size, validate_record, state)
 
     def plan(self, worker: int) -> SlotPlan:
         return build_slot_plan(self.shards, self.cfg.batch_sizes, self.rank, self.world_size, worker,
@@ -129,6 +148,16 @@ class PairStream(IterableDataset):
             yield reader.next_batch(key)
 
 
+def _overlapping(segments, lo: int, hi: int) -> list:
+    """The segments that samples [lo, hi) of their concatenation touch, in order."""
+    out, offset = [], 0
+    for seg in segments:
+        if offset < hi and offset + seg.count > lo:
+            out.append(seg)
+        offset += seg.count
+    return out
+
+
 class _SlotReader:
     """Reads one slot's streams window by window and turns samples into batches."""
 
@@ -153,21 +182,19 @@ class _SlotReader:
                 yield part[i]
 
     def _read_range(self, sp: StreamPlan, lo: int, hi: int) -> Iterator[dict]:
-        expanded = [ShardInfo(seg.path, seg.count, "", 0) for seg in sp.segments]
-        offsets = np.cumsum([0] + [seg.start for seg in sp.segments])
-        for sub in segments_of(expanded, lo, hi):
-            seg = next(s for s in sp.segments if s.path == sub.path)
+        """Samples [lo, hi) of the slot's range, which spans its segments back to back."""
+        as_shards = [ShardRef(seg.path, seg.count, "", 0) for seg in sp.segments]
+        for sub, seg in zip(segments_of(as_shards, lo, hi), _overlapping(sp.segments, lo, hi)):
             want = sub.count
             try:
-                for sample in read_segment(type(seg)(seg.path, seg.start + sub.start, sub.count)):
+                for sample in read_segment(Segment(seg.path, seg.start + sub.start, sub.count)):
                     want -= 1
                     yield sample
             except ShardError as err:
                 self._bad("corrupt_shard", err.detail, want)
                 continue
             if want:
-                self._bad("missing_samples", f"{seg.path} ends early", want)
-        del offsets
+                self._bad("missing_samples", f"{seg.path} holds fewer samples than its manifest says", want)
 
     def _bad(self, reason: str, detail: str, count: int = 1) -> None:
         self.stats[reason] += count
