@@ -13,8 +13,9 @@ import pytest
 import webdataset as wds
 from transformers import AutoTokenizer
 
+from framework.data.buckets import DEFAULT_EDGES, PAPER_EDGES, bucket_of
 from framework.data.format import decode_token_ids
-from framework.data.manifest import bucket_of, load_manifest, merge_manifests
+from framework.data.manifest import load_manifest, merge_manifests
 from framework.data.records import REJECT_REASONS, BadRecord, RecordConfig, normalize_record, parse_record
 from tools.make_shards import ErrorBudgetExceeded, ShardConfig, main, make_shards
 
@@ -199,6 +200,17 @@ def test_shards_rotate_by_count_and_size(tmp_path: Path) -> None:
     by_size = make_shards([tmp_path / "d.jsonl"], quiet(tmp_path / "size", shard_max_bytes=1))
     assert [s.num_samples for s in by_size.shards] == [1] * 10
     assert sorted(read_samples(by_size)) == sorted(read_samples(by_count))
+
+
+def test_default_edges_are_the_buckets_and_the_cli_can_pick_the_papers(tmp_path: Path, tokenizer_dir: Path) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", good_rows(12))
+    default = make_shards([path], quiet(tmp_path / "default", tokenizer=str(tokenizer_dir)))
+    assert default.length_edges == DEFAULT_EDGES and default.tokenizer.max_length == DEFAULT_EDGES[-1]
+    main([str(path), "--out", str(tmp_path / "paper"), "--tokenizer", str(tokenizer_dir), "--progress-seconds", "1e9",
+          "--length-edges", ",".join(map(str, PAPER_EDGES))])
+    paper = load_manifest(tmp_path / "paper" / "manifest.json")
+    assert paper.length_edges == PAPER_EDGES and sum(paper.length_counts) == paper.num_samples == 12
+    assert {s.bucket for s in paper.shards} == {0}, "every test text is under the paper's first edge (500)"
 
 
 @pytest.mark.parametrize("split", ["lines", "files"])

@@ -8,7 +8,10 @@ Inputs are JSONL files (plain or .gz), directories (every *.jsonl and *.jsonl.gz
 read in sorted order. Each record is validated by framework/data/records.py: bad records are counted by
 reason and listed with file and line in the manifest; more than --max-bad-fraction of them stops the
 run. Samples go to shards by (source, length bucket), since the training stream draws each batch from
-one length bucket of one source. Lengths need --tokenizer; without one there is a single bucket.
+one length bucket of one source. Lengths need --tokenizer; without one there is a single bucket. The
+default length edges are framework/data/buckets.py's DEFAULT_EDGES (the paper's Table 9 edges refined to
+grow by x1.1, for less padding); --length-edges 500,1000,2000,3000,4000,5000,6000,7000,8192 gives the
+paper's own.
 
 Source: --source if given, else the record's own "source", else the file name without .jsonl[.gz]
 (characters other than letters, digits, '_' and '-' become '_'). Language: --lang, else the record's.
@@ -22,34 +25,24 @@ each part writes its own shards and manifest, and `merge` combines the manifests
 from __future__ import annotations
 
 import argparse
-import glob
-import gzip
-import hashlib
-import json
-import multiprocessing
-import os
-import re
 import sys
 import time
-import zlib
-from collections import Counter, deque
-from dataclasses import dataclass, replace
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple
 
 # `python tools/make_shards.py` puts tools/ on sys.path, not the repo root that `framework` lives in
 # when the package is not installed.
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import webdataset as wds  # noqa: E402
+from framework.data.buckets import DEFAULT_EDGES, PAPER_EDGES  # noqa: E402
+from framework.data.manifest import Manifest, RejectExample, merge_manifests, tokenizer_identity  # noqa: E402
+from framework.data.prepare.encode import EncodeConfig, Reject, Sample, ordered_results  # noqa: E402
+from framework.data.prepare.inputs import SPLITS, expand_inputs, part_chunks, part_files  # noqa: E402
+from framework.data.prepare.writer import ShardSet  # noqa: E402
+from framework.data.records import SOURCE_PATTERN, RecordConfig  # noqa: E402
 
-from framework.data.format import JSON_EXT, TOKENS_EXT, encode_token_ids, sample_key  # noqa: E402
-from framework.data.manifest import (DEFAULT_LENGTH_EDGES, Manifest, RejectExample, ShardInfo,  # noqa: E402
-                                     bucket_of, merge_manifests, tokenizer_identity)
-from framework.data.records import SOURCE_PATTERN, BadRecord, RecordConfig, parse_record  # noqa: E402
-
-INPUT_SUFFIXES = (".jsonl", ".jsonl.gz")
 # Bad-fraction checks during the run wait for this many records, so that one early bad line in a big
 # file does not stop it; the final check counts every record.
 BUDGET_MIN_RECORDS = 1000
@@ -76,7 +69,7 @@ class ShardConfig:
     max_length: int | None = None
     """Tokens per text (specials included) after truncation; default: the last length edge."""
     length_edges: tuple[int, ...] | None = None
-    """Upper edges of the length buckets in tokens; default DEFAULT_LENGTH_EDGES (paper Table 9)."""
+    """Upper edges of the length buckets in tokens; default buckets.DEFAULT_EDGES (Table 9's, refined)."""
     max_chars: int = RecordConfig.max_chars
     """Texts longer than this many characters are cut (counted as too_long)."""
     num_workers: int = 1
@@ -101,8 +94,8 @@ class ShardConfig:
             raise ValueError("shard_size, shard_max_bytes, num_workers, chunk_size and num_parts must be >= 1")
         if not 0 <= self.part < self.num_parts:
             raise ValueError(f"part={self.part} with num_parts={self.num_parts}: use 0 <= part < num_parts")
-        if self.split not in ("lines", "files"):
-            raise ValueError(f"split={self.split!r}: use 'lines' or 'files'")
+        if self.split not in SPLITS:
+            raise ValueError(f"split={self.split!r}: use {' or '.join(map(repr, SPLITS))}")
         if not 0 <= self.max_bad_fraction <= 1:
             raise ValueError(f"max_bad_fraction={self.max_bad_fraction}: use a fraction in [0, 1]")
         if self.source is not None and not SOURCE_PATTERN.fullmatch(self.source):
@@ -120,11 +113,17 @@ class ShardConfig:
         """The length edges in use (None without a tokenizer)."""
         if self.tokenizer is None:
             return None
-        return tuple(self.length_edges) if self.length_edges else DEFAULT_LENGTH_EDGES
+        return tuple(self.length_edges) if self.length_edges else DEFAULT_EDGES
 
     @property
     def token_limit(self) -> int:
         return self.max_length or self.edges[-1]
+
+    def encoding(self) -> EncodeConfig:
+        """The options the parse/tokenise workers need."""
+        limit = None if self.tokenizer is None else self.token_limit
+        return EncodeConfig(self.source, self.lang, self.max_chars, self.tokenizer, self.pretokenize, limit,
+                            self.edges)
 
     def manifest_path(self) -> Path:
         name = "manifest.json" if self.num_parts == 1 else f"manifest-part{self.part:05d}-of-{self.num_parts:05d}.json"
@@ -133,276 +132,6 @@ class ShardConfig:
 
 class ErrorBudgetExceeded(ValueError):
     """More records were rejected than --max-bad-fraction allows."""
-
-
-# ---------------------------------------------------------------- inputs
-
-
-def expand_inputs(inputs: list[str | Path]) -> list[str]:
-    """Files from files, directories (*.jsonl, *.jsonl.gz below them) and globs; sorted, without repeats."""
-    found: dict[str, str] = {}
-    for item in map(str, inputs):
-        if os.path.isdir(item):
-            matches = [str(p) for p in Path(item).rglob("*") if p.is_file() and p.name.endswith(INPUT_SUFFIXES)]
-        elif glob.has_magic(item):
-            matches = [m for m in glob.glob(item, recursive=True) if os.path.isfile(m)]
-        elif os.path.isfile(item):
-            matches = [item]
-        else:
-            raise ValueError(f"input {item} does not exist; pass JSONL files, directories or globs")
-        if not matches:
-            raise ValueError(f"input {item} matches no files (directories are searched for {INPUT_SUFFIXES})")
-        for match in matches:
-            found.setdefault(os.path.abspath(match), match)
-    return sorted(found.values())
-
-
-def default_source(path: str) -> str:
-    """The file name without .gz / .jsonl / .json, made a valid source name."""
-    name = Path(path).name
-    for suffix in (".gz", ".jsonl", ".json"):
-        name = name.removesuffix(suffix)
-    return re.sub(r"[^A-Za-z0-9_-]", "_", name) or "data"
-
-
-def iter_lines(path: str) -> Iterator[tuple[int, bytes]]:
-    """(1-based line number, raw bytes without the line end) of a plain or gzip JSONL file."""
-    opener = gzip.open if path.endswith(".gz") else open
-    line_no = 0
-    try:
-        with opener(path, "rb") as handle:
-            for line_no, raw in enumerate(handle, start=1):
-                if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                    raw = raw[3:]  # a UTF-8 byte order mark, as some editors write
-                yield line_no, raw.rstrip(b"\r\n")
-    except (EOFError, OSError, zlib.error) as error:
-        raise ValueError(f"cannot read {path} after line {line_no}: {error}; the file is truncated or not "
-                         "gzip; re-create it") from None
-
-
-class Chunk(NamedTuple):
-    """Consecutive lines of one input file for one worker task."""
-
-    file_index: int
-    lines: list[tuple[int, bytes]]
-
-
-def part_chunks(files: list[str], config: ShardConfig) -> Iterator[Chunk]:
-    """This part's lines, cut into chunks of at most config.chunk_size lines of one file."""
-    counter = 0
-    for file_index, path in enumerate(files):
-        lines: list[tuple[int, bytes]] = []
-        for line_no, raw in iter_lines(path):
-            mine = config.split == "files" or counter % config.num_parts == config.part
-            counter += 1
-            if not mine:
-                continue
-            lines.append((line_no, raw))
-            if len(lines) == config.chunk_size:
-                yield Chunk(file_index, lines)
-                lines = []
-        if lines:
-            yield Chunk(file_index, lines)
-
-
-def part_files(files: list[str], config: ShardConfig) -> list[str]:
-    if config.split == "files":
-        return files[config.part::config.num_parts]
-    return files
-
-
-# ---------------------------------------------------------------- workers: parse, tokenise, encode
-
-
-class Sample(NamedTuple):
-    line: int
-    source: str
-    lang: str | None
-    bucket: int
-    json_bytes: bytes
-    token_bytes: bytes | None
-    fixes: tuple[str, ...]
-
-
-class Reject(NamedTuple):
-    line: int
-    reason: str
-    detail: str
-
-
-_STATE: dict = {}
-
-
-def init_worker(config: ShardConfig, files: list[str], pool_worker: bool = False) -> None:
-    """Per-process state: the config, input names and the tokenizer (loaded once per process)."""
-    if pool_worker:
-        # Each worker is one process: the tokenizer's own thread pool would only oversubscribe the cores.
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _STATE.update(config=config, files=files, record_config=RecordConfig(config.max_chars), tokenizer=None)
-    if config.tokenizer is not None:
-        from transformers import AutoTokenizer  # seconds to import: only when tokenising
-
-        try:
-            _STATE["tokenizer"] = AutoTokenizer.from_pretrained(config.tokenizer)
-        except (OSError, ValueError) as error:
-            raise ValueError(f"cannot load tokenizer {config.tokenizer}: {error}; pass a transformers "
-                             "tokenizer directory") from None
-
-
-def process_chunk(chunk: Chunk) -> tuple[int, list[Sample | Reject]]:
-    """Validate, tokenise and encode one chunk; outcomes are in line order."""
-    config, files = _STATE["config"], _STATE["files"]
-    default = config.source or default_source(files[chunk.file_index])
-    parsed: list = []
-    for line_no, raw in chunk.lines:
-        try:
-            record = parse_record(raw, _STATE["record_config"])
-        except BadRecord as bad:
-            parsed.append(Reject(line_no, bad.reason, bad.detail))
-            continue
-        source = config.source or record.source or default
-        parsed.append((line_no, replace(record, source=source, lang=config.lang or record.lang)))
-    good = [item for item in parsed if not isinstance(item, Reject)]
-    encoded = iter([encode(line_no, record, tokens)
-                    for (line_no, record), tokens in zip(good, tokenize([record for _, record in good]))])
-    return chunk.file_index, [item if isinstance(item, Reject) else next(encoded) for item in parsed]
-
-
-def tokenize(records: list) -> list[tuple[list[list[int]], int] | None]:
-    """Per record: (token ids per text, number of texts truncated), or None without a tokenizer."""
-    tokenizer, config = _STATE["tokenizer"], _STATE["config"]
-    if tokenizer is None:
-        return [None] * len(records)
-    texts = [text for record in records for text in record.texts()]
-    # One call for the chunk; the rare over-long texts are encoded again with the tokenizer's own
-    # truncation, so ids match `tokenizer(text, truncation=True, max_length=...)` exactly.
-    ids = tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"] if texts else []
-    limit = config.token_limit
-    long = [i for i, seq in enumerate(ids) if len(seq) > limit]
-    if long:
-        cut = tokenizer([texts[i] for i in long], truncation=True, max_length=limit)["input_ids"]
-        for i, seq in zip(long, cut):
-            ids[i] = seq
-    out, start, long_set = [], 0, set(long)
-    for record in records:
-        end = start + len(record.texts())
-        out.append((ids[start:end], sum(1 for i in range(start, end) if i in long_set)))
-        start = end
-    return out
-
-
-def encode(line_no: int, record, tokens: tuple[list[list[int]], int] | None) -> Sample:
-    config = _STATE["config"]
-    payload = json.dumps(record.to_json(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    if tokens is None:
-        return Sample(line_no, record.source, record.lang, 0, payload, None, record.fixes)
-    ids, num_truncated = tokens
-    bucket = bucket_of(max(len(seq) for seq in ids), config.edges)
-    token_bytes = encode_token_ids(ids) if config.pretokenize else None
-    fixes = record.fixes + ("truncated_tokens",) * num_truncated
-    return Sample(line_no, record.source, record.lang, bucket, payload, token_bytes, fixes)
-
-
-def ordered_results(chunks: Iterator[Chunk], config: ShardConfig, files: list[str]) -> Iterator[tuple]:
-    """process_chunk over the chunks, in order, with at most 2 chunks per worker in flight."""
-    init_worker(config, files)  # also loads the tokenizer here, so a bad directory fails before forking
-    if config.num_workers == 1:
-        yield from map(process_chunk, chunks)
-        return
-    with multiprocessing.Pool(config.num_workers, initializer=init_worker, initargs=(config, files, True)) as pool:
-        # Pool.imap would read the whole input ahead into memory; a bounded window keeps it streaming.
-        pending: deque = deque()
-        for chunk in chunks:
-            pending.append(pool.apply_async(process_chunk, (chunk,)))
-            if len(pending) >= 2 * config.num_workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
-
-
-# ---------------------------------------------------------------- writing
-
-
-class HashingFile:
-    """A write-only file that hashes and counts what passes through (the tar stream is written once)."""
-
-    def __init__(self, path: Path):
-        self.handle = open(path, "wb")
-        self.sha256 = hashlib.sha256()
-        self.num_bytes = 0
-
-    def write(self, data: bytes) -> int:
-        self.sha256.update(data)
-        self.num_bytes += len(data)
-        return self.handle.write(data)
-
-    def close(self) -> None:
-        self.handle.close()
-
-
-class OpenShard:
-    def __init__(self, path: Path, source: str, bucket: int):
-        self.path, self.source, self.bucket = path, source, bucket
-        self.file = HashingFile(path)
-        # Fixed mtime/owner/mode make the tar bytes a function of the samples alone.
-        self.tar = wds.TarWriter(self.file, user="m3", group="m3", mode=0o444, mtime=0.0, encoder=False)
-        self.num_samples, self.langs, self.pretokenized = 0, set(), None
-
-    def tar_bytes(self) -> int:
-        # The tar stream buffers its output, so bytes written to the file lag; the archive offset does not.
-        return self.tar.tarstream.offset
-
-    def close(self, out_dir: Path) -> ShardInfo:
-        self.tar.close()
-        self.file.close()
-        lang = next(iter(self.langs)) if len(self.langs) == 1 else None
-        return ShardInfo(self.path.relative_to(out_dir).as_posix(), self.num_samples, self.file.num_bytes,
-                         self.file.sha256.hexdigest(), self.source, self.bucket, lang, bool(self.pretokenized))
-
-
-class ShardSet:
-    """The open shards of one part, one per (source, bucket), rotated by sample count and size."""
-
-    def __init__(self, config: ShardConfig):
-        self.config = config
-        self.open: dict[tuple[str, int], OpenShard] = {}
-        self.sequence: Counter = Counter()
-        self.next_index: Counter = Counter()
-        self.done: list[ShardInfo] = []
-        self.created: list[Path] = []
-
-    def add(self, sample: Sample) -> None:
-        key = (sample.source, sample.bucket)
-        shard = self.open.get(key)
-        cfg = self.config
-        if shard is not None and (shard.num_samples >= cfg.shard_size or shard.tar_bytes() >= cfg.shard_max_bytes):
-            self.done.append(shard.close(cfg.out_dir))
-            shard = None
-        if shard is None:
-            name = f"{sample.source}.b{sample.bucket:02d}.p{cfg.part:05d}.{self.sequence[key]:05d}.tar"
-            self.sequence[key] += 1
-            shard = self.open[key] = OpenShard(cfg.out_dir / name, *key)
-            self.created.append(shard.path)
-        members = {"__key__": sample_key(sample.source, cfg.part, self.next_index[sample.source]),
-                   JSON_EXT: sample.json_bytes}
-        if sample.token_bytes is not None:
-            members[TOKENS_EXT] = sample.token_bytes
-        self.next_index[sample.source] += 1
-        shard.tar.write(members)
-        shard.num_samples += 1
-        shard.langs.add(sample.lang)
-        shard.pretokenized = sample.token_bytes is not None
-
-    def close(self) -> tuple[ShardInfo, ...]:
-        self.done.extend(shard.close(self.config.out_dir) for shard in self.open.values())
-        self.open.clear()
-        return tuple(sorted(self.done, key=lambda s: s.path))
-
-    def discard(self) -> None:
-        """Close and delete every shard this run wrote (after a failure: no manifest will list them)."""
-        self.close()
-        for path in self.created:
-            path.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- bookkeeping
@@ -460,13 +189,15 @@ def make_shards(inputs: list[str | Path], config: ShardConfig) -> Manifest:
     Raises ErrorBudgetExceeded (and deletes this run's shards) when too many records are rejected.
     """
     files = expand_inputs(inputs)
-    mine = part_files(files, config)
+    mine = part_files(files, config.part, config.num_parts, config.split)
     tokenizer = None if config.tokenizer is None else tokenizer_identity(config.tokenizer, config.token_limit)
     config.out_dir.mkdir(parents=True, exist_ok=True)
     print(f"part {config.part}/{config.num_parts}: {len(mine)} of {len(files)} input file(s) -> {config.out_dir}",
           flush=True)
-    tally, shards = Tally(config), ShardSet(config)
-    results = ordered_results(part_chunks(mine, config), config, mine)
+    tally = Tally(config)
+    shards = ShardSet(config.out_dir, config.part, config.shard_size, config.shard_max_bytes)
+    chunks = part_chunks(mine, config.part, config.num_parts, config.split, config.chunk_size)
+    results = ordered_results(chunks, config.encoding(), mine, config.num_workers)
     try:
         for file_index, outcomes in results:
             for outcome in outcomes:
@@ -505,12 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pretokenize", action="store_true", help="store token ids as .tok members")
     parser.add_argument("--max-length", type=int, help="tokens per text after truncation (default: last edge)")
     parser.add_argument("--length-edges", type=lambda s: tuple(int(x) for x in s.split(",")),
-                        help=f"comma-separated bucket upper edges (default {','.join(map(str, DEFAULT_LENGTH_EDGES))})")
+                        help=f"comma-separated bucket upper edges (default: the {len(DEFAULT_EDGES)} edges of "
+                             f"framework/data/buckets.py, x1.1 apart up to {DEFAULT_EDGES[-1]}; the paper's: "
+                             f"{','.join(map(str, PAPER_EDGES))})")
     parser.add_argument("--max-chars", type=int, default=RecordConfig.max_chars, help="characters per text")
     parser.add_argument("--num-workers", type=int, default=1, help="parsing/tokenising processes")
     parser.add_argument("--part", type=int, default=0, help="which part to prepare (0-based)")
     parser.add_argument("--num-parts", type=int, default=1, help="how many parts the input is split into")
-    parser.add_argument("--split", choices=("lines", "files"), default="lines", help="how parts split input")
+    parser.add_argument("--split", choices=SPLITS, default="lines", help="how parts split input")
     parser.add_argument("--max-bad-fraction", type=float, default=0.01, help="error budget (fraction)")
     parser.add_argument("--max-examples", type=int, default=20, help="rejected records listed in the manifest")
     parser.add_argument("--chunk-size", type=int, default=256, help="lines per worker task")

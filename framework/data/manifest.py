@@ -4,8 +4,8 @@ One JSON file next to (or above) the shards, written by tools/make_shards.py (on
 by `merge_manifests`. Shard paths are relative to the manifest's directory, so a shard set can be moved
 as a whole. Samples are grouped into shards by (source, length bucket): a sample's length is the longest
 of its query and passages in tokens, specials included, after truncation; bucket i holds lengths in
-(length_edges[i-1], length_edges[i]] (the paper's 0-500, 500-1000, ... ranges). Without a tokenizer
-there are no edges and every shard is bucket 0.
+(length_edges[i-1], length_edges[i]] (framework/data/buckets.py: bucket_of and the default edges).
+Without a tokenizer there are no edges and every shard is bucket 0.
 
     {"format": "m3-shards", "version": 1,
      "shards": [{"path", "num_samples", "num_bytes", "sha256", "source", "bucket", "lang", "pretokenized"}],
@@ -15,7 +15,6 @@ there are no edges and every shard is bucket 0.
 """
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
 import os
@@ -26,8 +25,6 @@ from pathlib import Path
 
 MANIFEST_FORMAT = "m3-shards"
 MANIFEST_VERSION = 1
-# Table 9 of the paper: the length ranges that get their own batch size.
-DEFAULT_LENGTH_EDGES = (500, 1000, 2000, 3000, 4000, 5000, 6000, 7000, 8192)
 # Identity files in order of preference: tokenizer.json is what transformers 5 runs.
 TOKENIZER_FILES = ("tokenizer.json", "sentencepiece.bpe.model")
 
@@ -174,15 +171,6 @@ def _dumps(data: dict) -> str:
         else:
             lines.append(f" {compact(key)}: {compact(value)}")
     return "{\n" + ",\n".join(lines) + "\n}\n"
-
-
-def bucket_of(length: int, edges: tuple[int, ...]) -> int:
-    """Index of the bucket (edges[i-1], edges[i]] holding `length`; raises past the last edge."""
-    index = bisect.bisect_left(edges, length)
-    if index == len(edges):
-        raise ValueError(f"length {length} is past the last bucket edge {edges[-1]}; add a larger edge "
-                         "or lower the maximum length")
-    return index
 
 
 def file_sha256(path: str | Path) -> str:
