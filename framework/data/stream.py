@@ -234,20 +234,21 @@ class _SlotReader:
             self.stats["no_negatives"] += 1
         return group
 
-    def _token_ids(self, sample: dict, texts: list[str]) -> list[list[int]]:
-        cfg, tok = self.s.cfg, self.s.tokenizer
+    def _token_ids(self, sample: dict, texts: list[str]) -> list:
+        """Ids per text (arrays from `.tok`, lists from the tokenizer), truncated keeping </s>."""
+        cfg = self.s.cfg
         if TOKENS_EXT in sample:
-            ids = [a.tolist() for a in decode_token_ids(sample[TOKENS_EXT])]
+            ids = decode_token_ids(sample[TOKENS_EXT])
             if len(ids) != len(texts):
                 raise ValueError(f"{len(ids)} token lists for {len(texts)} texts")
         else:
-            ids = tok(texts, add_special_tokens=True)["input_ids"]
+            ids = self.s.tokenizer(texts, add_special_tokens=True)["input_ids"]
         limits = [cfg.query_max_length] + [cfg.passage_max_length] * (len(texts) - 1)
         out = []
         for seq, limit in zip(ids, limits):
             if len(seq) > limit:
                 self.stats["truncated"] += 1
-                seq = seq[:limit - 1] + seq[-1:]  # keep the closing </s>
+                seq = [*seq[:limit - 1], seq[-1]]
             out.append(seq)
         return out
 
