@@ -183,3 +183,23 @@ def test_jsonl_to_shards_to_stream_end_to_end(tmp_path, tok, tokenizer_dir):
     assert widths[0] <= 32 and 32 < max(widths.values()) <= 128  # batches pad within their bucket
     with pytest.raises(ValueError, match=r"sources \['nope'\] are not in"):
         PairStream.from_manifest(path, StreamConfig(batch_sizes={0: 1}, sources=("nope",)), tok, 0, 1)
+
+
+def test_resumable_loader_state_round_trip_across_epochs(tmp_path, tok):
+    from framework.data.stream import ResumableLoader
+
+    shards = write_shards(tmp_path, sources=("a",), buckets=(0, 1))
+    cfg = StreamConfig(batch_sizes={0: 4, 1: 3}, group_size=2, num_workers=2)
+    make = lambda state: PairStream(shards, cfg, tok, 0, 1, validate, state)  # noqa: E731
+    steps_per_epoch = sum(make(StreamState()).schedule_lengths())
+    first = ResumableLoader(make)
+    it = iter(first)
+    seen = [next(it).keys for _ in range(steps_per_epoch + 3)]  # into the second epoch
+    saved = first.state_dict()
+    assert saved == {"epoch": 1, "batches": 3}
+    more = [next(it).keys for _ in range(4)]
+    second = ResumableLoader(make)
+    second.load_state_dict(saved)
+    it2 = iter(second)
+    assert [next(it2).keys for _ in range(4)] == more
+    assert seen[steps_per_epoch:] != seen[:3]  # the next epoch reshuffles

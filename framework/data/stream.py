@@ -257,3 +257,32 @@ def loader(stream: PairStream, **kwargs) -> torch.utils.data.DataLoader:
     """A DataLoader whose worker count matches the plan's."""
     return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=stream.cfg.num_workers,
                                        persistent_workers=False, **kwargs)
+
+
+class ResumableLoader:
+    """Epoch after epoch of a stream, with the exact position as state.
+
+    Counting happens here, in the main process, on batches the trainer actually received: batches that
+    DataLoader workers prefetched but nobody consumed are not part of the state, so a resumed run
+    re-reads them.
+    """
+
+    def __init__(self, make_stream: Callable[[StreamState], PairStream], **loader_kwargs):
+        self.make_stream, self.loader_kwargs, self.state = make_stream, loader_kwargs, StreamState()
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.state.epoch, "batches": self.state.batches}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = StreamState(int(state["epoch"]), int(state["batches"]))
+
+    def __iter__(self) -> Iterator[Batch]:
+        while True:
+            stream = self.make_stream(self.state)
+            if not any(stream.schedule_lengths()):
+                raise DataError("the stream plans no batch at all: batch sizes exceed what each rank's share "
+                                "of the shards holds; lower the batch sizes or add data")
+            for batch in loader(stream, **self.loader_kwargs):
+                self.state = StreamState(self.state.epoch, self.state.batches + 1)
+                yield batch
+            self.state = StreamState(self.state.epoch + 1, 0)
