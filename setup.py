@@ -20,6 +20,8 @@ setup(
         "safetensors>=0.4",
         "mlflow>=2.12",
         "faiss-cpu>=1.8",
+        "bm25s>=0.3",
+        "scipy>=1.10",
         "numpy>=1.24",
         "pyyaml>=6",
         "tqdm>=4.66",
@@ -28,7 +30,9 @@ setup(
         # On GPU machines: pip install -e '.[gpu]' (faiss-gpu replaces the CPU index at search time).
         "gpu": ["faiss-gpu-cu12>=1.8"],
         # The tests load our exports in the reference implementation to prove compatibility.
-        "test": ["pytest>=8", "flagembedding>=1.3"],
+        # FlagEmbedding 1.4.2 imports transformers.modeling_attn_mask_utils at package import, which
+        # transformers 5.24 removed: the compatibility tests need a transformers it can import.
+        "test": ["pytest>=8", "flagembedding>=1.3", "transformers<5.24"],
     },
     entry_points={"console_scripts": ["m3-framework=framework.__main__:main"]},
 )

@@ -1,0 +1,249 @@
+"""Hard-negative mining on a small JSONL file: invariants, bad rows, determinism, resume, both retrievers."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from framework.inference import M3Embedder
+from framework.retrieval import BM25Config, BM25Index, DenseIndex
+from tools.mine_hard_negatives import MiningConfig, main, mine, state_path_of
+
+NUM_ROWS = 80
+CHUNK = 16
+# 1-based input line -> (raw bytes, reason); inserted between the good rows.
+BAD_LINES = {
+    4: (b'{"query": "broken", "pos": ["x"]', "malformed_json"),
+    9: (b'{"query": "no positives here"}', "missing_field"),
+    17: (b"", "blank_line"),
+    23: ('{"query": "caf\u00e9", "pos": ["x"]}'.encode("latin-1"), "non_utf8"),
+    30: (b'{"query": "q", "pos": 5}', "wrong_type"),
+    41: (b'{"query": "q", "pos": ["  "]}', "no_positive"),
+    50: (b"[1, 2]", "not_an_object"),
+    66: (b'{"query": "   ", "pos": ["p"]}', "empty_text"),
+}
+
+
+def good_rows(sample_text_file: Path) -> list[dict]:
+    lines = [line.strip() for line in sample_text_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [{"query": line.split(", ")[0], "pos": [line], "id": i} for i, line in enumerate(lines[:NUM_ROWS])]
+    rows[3]["pos"].append(lines[40])          # a second positive that is another row's only positive
+    rows[5]["pos"] = ["  " + lines[6] + "  "]  # the same passage as row 6's, up to surrounding whitespace
+    rows[7]["neg"], rows[7]["neg_scores"] = ["old negative"], [0.5]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def input_file(sample_text_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rows = iter(good_rows(sample_text_file))
+    out: list[bytes] = []
+    while len(out) < NUM_ROWS + len(BAD_LINES):
+        line = len(out) + 1
+        out.append(BAD_LINES[line][0] if line in BAD_LINES else json.dumps(next(rows), ensure_ascii=False).encode())
+    path = tmp_path_factory.mktemp("mine") / "train.jsonl"
+    path.write_bytes(b"\n".join(out))  # no newline after the last line: that must work too
+    return path
+
+
+def config_for(model_dir: Path, method: str = "bm25", **changes) -> MiningConfig:
+    options = {"num_neg": 5, "range_start": 2, "range_end": 30, "chunk_size": CHUNK, **changes}
+    return MiningConfig(model=str(model_dir), method=method, **options)
+
+
+def input_lines(path: Path) -> list[bytes]:
+    return path.read_bytes().split(b"\n")
+
+
+def valid_pairs(input_file: Path, output_file: Path) -> list[tuple[dict, dict]]:
+    """(input row, output row) of every good line; bad lines must come out unchanged."""
+    out_lines = output_file.read_bytes().split(b"\n")
+    assert out_lines[-1] == b"" and len(out_lines) - 1 == NUM_ROWS + len(BAD_LINES)
+    pairs = []
+    for line, (raw_in, raw_out) in enumerate(zip(input_lines(input_file), out_lines), start=1):
+        if line in BAD_LINES:
+            assert raw_out == raw_in, line
+        else:
+            pairs.append((json.loads(raw_in), json.loads(raw_out)))
+    return pairs
+
+
+def pool_of(input_file: Path) -> list[str]:
+    """The default pool, rebuilt independently: distinct positives (first spelling) in input order."""
+    first: dict[str, str] = {}
+    for line, raw in enumerate(input_lines(input_file), start=1):
+        if line not in BAD_LINES:
+            for text in json.loads(raw)["pos"]:
+                first.setdefault(text.strip(), text)
+    return list(first.values())
+
+
+def check_rows(pairs: list[tuple[dict, dict]], band_of) -> int:
+    """Every valid row: same fields, distinct negatives from its rank band, never a positive or the query.
+
+    A row gets 5 negatives unless its band holds fewer candidates; returns how many rows are short.
+    """
+    num_short = 0
+    for row, out in pairs:
+        assert {k: v for k, v in out.items() if k != "neg"} == {k: v for k, v in row.items()
+                                                                if k not in ("neg", "neg_scores")}
+        negatives = out["neg"]
+        forbidden = {p.strip() for p in row["pos"]} | {row["query"].strip()}
+        assert not forbidden & {n.strip() for n in negatives}, row["query"]
+        candidates = {text for text in band_of(row) if text.strip() not in forbidden}
+        assert set(negatives) <= candidates, row["query"]
+        assert len(set(negatives)) == len(negatives) == min(5, len(candidates)), row["query"]
+        num_short += len(negatives) < 5
+    return num_short
+
+
+def test_bm25_mining_keeps_rows_and_draws_from_the_rank_band(input_file: Path, tokenizer_dir: Path,
+                                                            tmp_path: Path) -> None:
+    report = mine(input_file, tmp_path / "out.jsonl", config_for(tokenizer_dir))
+    pool = pool_of(input_file)
+    index = BM25Index.build(pool, AutoTokenizer.from_pretrained(str(tokenizer_dir)),
+                            BM25Config(max_doc_length=512, max_query_length=512))
+
+    def band(row: dict) -> set[str]:
+        return {pool[i] for i in index.search([row["query"]], 30)[1][0, 2:30] if i >= 0}
+
+    num_short = check_rows(valid_pairs(input_file, tmp_path / "out.jsonl"), band)
+    # BM25 returns only documents sharing a token, so a one-word query can have a thin band.
+    assert 0 < num_short < NUM_ROWS // 4 and report.num_short == num_short
+    assert report.pool_size == len(pool) == NUM_ROWS - 1  # row 5's positive is row 6's, row 3's second is 40's
+    assert report.num_mined == NUM_ROWS and report.num_neg_scores_dropped == 1
+    assert report.bad == {reason: 1 for _, reason in BAD_LINES.values()}
+    assert {reason: lines[0][0] for reason, lines in report.bad_lines.items()} == {
+        reason: line for line, (_, reason) in BAD_LINES.items()}
+
+
+def test_dense_mining_with_the_tiny_model(input_file: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    mine(input_file, tmp_path / "out.jsonl", config_for(tiny_model_dir, "dense"))
+    pool = pool_of(input_file)
+    embedder = M3Embedder.from_pretrained(tiny_model_dir)
+    index = DenseIndex.build(embedder.encode(pool, sparse=False, max_length=512, batch_size=64)["dense_vecs"])
+    # A random tiny model puts every cosine within 1e-5 of 1, so ranks hinge on the last float bits, and
+    # those depend on which texts share a batch: encode the queries a chunk at a time, as the tool does.
+    pairs = valid_pairs(input_file, tmp_path / "out.jsonl")
+    lines = [line for line in range(1, NUM_ROWS + len(BAD_LINES) + 1) if line not in BAD_LINES]
+    bands: dict[int, set[str]] = {}
+    for chunk in range(0, len(lines) + len(BAD_LINES), CHUNK):
+        rows = [row for line, (row, _) in zip(lines, pairs) if chunk < line <= chunk + CHUNK]
+        queries_QD = embedder.encode([row["query"] for row in rows], sparse=False, max_length=512,
+                                     batch_size=64)["dense_vecs"]
+        for row, ids_K in zip(rows, index.search(queries_QD, 30)[1]):
+            bands[row["id"]] = {pool[i] for i in ids_K[2:30]}
+    assert check_rows(pairs, lambda row: bands[row["id"]]) == 0
+
+
+def test_mining_is_deterministic_and_seeded(input_file: Path, tokenizer_dir: Path, tmp_path: Path) -> None:
+    mine(input_file, tmp_path / "a.jsonl", config_for(tokenizer_dir))
+    mine(input_file, tmp_path / "b.jsonl", config_for(tokenizer_dir))
+    mine(input_file, tmp_path / "c.jsonl", config_for(tokenizer_dir, seed=1))
+    # BM25 scores do not depend on which queries share a chunk, and each row's draw is seeded by its line.
+    mine(input_file, tmp_path / "d.jsonl", config_for(tokenizer_dir, chunk_size=5))
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+    assert (tmp_path / "a.jsonl").read_bytes() != (tmp_path / "c.jsonl").read_bytes()
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "d.jsonl").read_bytes()
+
+
+def cut_points(full: bytes) -> list[int]:
+    """Byte offsets where a run could have died: nothing, mid-line, chunk seams, mid-chunk, almost done."""
+    ends = [i + 1 for i, byte in enumerate(full) if byte == ord("\n")]
+    return [0, ends[4] + 10, ends[CHUNK - 1], ends[CHUNK + 2], ends[2 * CHUNK + 5] + 3, len(full) - 1, len(full)]
+
+
+@pytest.mark.parametrize("method", ["bm25", "dense"])
+def test_resume_gives_the_uninterrupted_file(input_file: Path, tokenizer_dir: Path, tiny_model_dir: Path,
+                                             tmp_path: Path, method: str) -> None:
+    config = config_for(tokenizer_dir if method == "bm25" else tiny_model_dir, method)
+    complete = tmp_path / "complete.jsonl"
+    full_report = mine(input_file, complete, config)
+    full = complete.read_bytes()
+    cuts = cut_points(full) if method == "bm25" else [cut_points(full)[3]]
+    for cut in cuts:
+        out = tmp_path / f"resumed-{cut}.jsonl"
+        out.write_bytes(full[:cut])
+        shutil.copyfile(state_path_of(complete), state_path_of(out))
+        report = mine(input_file, out, config)
+        assert out.read_bytes() == full, cut
+        # Kept lines are checked and counted too, so the report covers the whole file either way.
+        assert (report.bad, report.num_mined, report.num_neg_scores_dropped) == (
+            full_report.bad, full_report.num_mined, full_report.num_neg_scores_dropped)
+        kept = full[:cut].count(b"\n")
+        assert report.num_resumed == (kept if kept == len(input_lines(input_file)) else kept - kept % CHUNK)
+
+
+def test_resume_refuses_a_foreign_output(input_file: Path, tokenizer_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    mine(input_file, out, config_for(tokenizer_dir))
+    with pytest.raises(ValueError, match="--seed.*--overwrite"):
+        mine(input_file, out, config_for(tokenizer_dir, seed=1))
+    lines = out.read_bytes().split(b"\n")
+    lines[2] = lines[2].replace(b'"query": "', b'"query": "X')
+    out.write_bytes(b"\n".join(lines[:CHUNK + 1]))
+    with pytest.raises(ValueError, match="line 3 is not input line 3"):
+        mine(input_file, out, config_for(tokenizer_dir))
+    state_path_of(out).unlink()
+    with pytest.raises(ValueError, match="missing"):
+        mine(input_file, out, config_for(tokenizer_dir))
+    mine(input_file, out, config_for(tokenizer_dir, seed=1), overwrite=True)
+    mine(input_file, tmp_path / "fresh.jsonl", config_for(tokenizer_dir, seed=1))
+    assert out.read_bytes() == (tmp_path / "fresh.jsonl").read_bytes()
+
+
+def test_corpus_files_replace_the_pool(input_file: Path, tokenizer_dir: Path, sample_text_file: Path,
+                                       tmp_path: Path) -> None:
+    passages = [line for line in sample_text_file.read_text(encoding="utf-8").splitlines()[100:160] if line.strip()]
+    (tmp_path / "corpus.txt").write_text("\n".join(passages) + "\n\n", encoding="utf-8")
+    report = mine(input_file, tmp_path / "plain.jsonl", config_for(tokenizer_dir), corpus_path=tmp_path / "corpus.txt")
+    assert report.pool_size == len(set(passages)) and report.corpus_bad == {"no_text": 1}
+    for _, out in valid_pairs(input_file, tmp_path / "plain.jsonl"):
+        assert set(out["neg"]) <= set(passages)
+    jsonl = [json.dumps({"text": p, "id": i}) for i, p in enumerate(passages)] + ["{oops", json.dumps(passages[0])]
+    (tmp_path / "corpus.jsonl").write_text("\n".join(jsonl) + "\n", encoding="utf-8")
+    report = mine(input_file, tmp_path / "json.jsonl", config_for(tokenizer_dir), corpus_path=tmp_path / "corpus.jsonl")
+    assert report.corpus_bad == {"unreadable": 1} and report.pool_size == len(set(passages))
+    assert (tmp_path / "json.jsonl").read_bytes() == (tmp_path / "plain.jsonl").read_bytes()
+
+
+def test_cli(input_file: Path, tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "cli.jsonl"
+    report = main([str(input_file), "--out", str(out), "--model", str(tokenizer_dir), "--method", "bm25",
+                   "--num-neg", "5", "--range-start", "2", "--range-end", "30", "--chunk-size", str(CHUNK)])
+    assert report.num_mined == NUM_ROWS
+    mine(input_file, tmp_path / "api.jsonl", config_for(tokenizer_dir))
+    assert out.read_bytes() == (tmp_path / "api.jsonl").read_bytes()
+    printed = capsys.readouterr().out
+    assert f"{NUM_ROWS + len(BAD_LINES)}/{NUM_ROWS + len(BAD_LINES)} lines" in printed
+    assert "bad malformed_json: 1 at line 4" in printed
+    with pytest.raises(SystemExit) as exited:
+        main([str(input_file), "--out", str(out), "--model", str(tokenizer_dir), "--range-start", "9",
+              "--range-end", "9"])
+    assert exited.value.code == 2 and "range_start < range_end" in capsys.readouterr().err
+
+
+def test_lone_surrogates_do_not_crash(tokenizer_dir: Path, tmp_path: Path) -> None:
+    # json.loads accepts lone surrogate escapes (backslash-ud800), which no tokenizer or UTF-8 writer takes.
+    lines = ['{"query": "Albania", "pos": ["Albania, Algeria"], "note": "\\ud800"}',
+             '{"query": "\\ud800 Chad", "pos": ["Chad, Chile"]}', '{"query": "Chile", "pos": ["Chile, China"]}',
+             '{"query": "Chad", "pos": ["Chad, Chile", "bad \\udfff"]}']
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n", encoding="ascii")
+    config = dataclasses.replace(config_for(tokenizer_dir), num_neg=1, range_start=0, range_end=3)
+    report = mine(tmp_path / "in.jsonl", tmp_path / "out.jsonl", config)
+    assert report.bad == {"non_utf8": 1} and report.num_mined == 3 and report.pool_size == 3
+    out = (tmp_path / "out.jsonl").read_bytes().decode("utf-8").splitlines()
+    assert json.loads(out[0])["note"] == "\ud800" and out[1] == lines[1]
+    assert json.loads(out[3])["neg"] in (["Albania, Algeria"], ["Chile, China"])  # never its positive
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"method": "colbert"}, "dense"), ({"num_neg": 0}, "at least one"), ({"range_start": -1}, "0 <= range_start"),
+    ({"range_end": 4}, "fewer than num_neg"), ({"chunk_size": 0}, "positive"),
+])
+def test_config_errors_name_the_fix(tokenizer_dir: Path, changes: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(config_for(tokenizer_dir), **changes)
