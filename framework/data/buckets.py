@@ -71,11 +71,12 @@ class BucketConfig:
     def per_rank(self, world_size: int) -> dict[int, int]:
         """Bucket index -> samples per rank per batch, checked to divide evenly across ranks."""
         if self.tokens_per_rank is not None:
-            sizes = {i: self.tokens_per_rank // edge for i, edge in enumerate(self.edges)}
-            small = [self.edges[i] for i, n in sizes.items() if n < 1]
-            if small:
-                raise ValueError(f"tokens_per_rank={self.tokens_per_rank} is below the bucket edges {small}; "
-                                 "raise the budget or drop those buckets")
+            # Buckets above the budget get no size: the plan refuses them only if shards hold such samples.
+            sizes = {i: self.tokens_per_rank // edge for i, edge in enumerate(self.edges)
+                     if self.tokens_per_rank >= edge}
+            if not sizes:
+                raise ValueError(f"tokens_per_rank={self.tokens_per_rank} is below every bucket edge; raise it "
+                                 f"to at least {self.edges[0]}")
             return sizes
         listed = sorted(self.total_batch)
         sizes = {}
