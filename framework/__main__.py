@@ -14,12 +14,20 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out", type=Path, default=Path("runs"), help="runs are written under this folder")
     demo.add_argument("--steps", type=int, default=300, help="training steps")
     demo.add_argument("--seed", type=int, default=0)
+    from framework.train.run import add_arguments as add_train_arguments
+
+    train = sub.add_parser("train", help="run a training config (curriculum of stages) with DeepSpeed")
+    add_train_arguments(train)
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.command == "demo":
         from framework.demo import run
 
         run(args.out, steps=args.steps, seed=args.seed)
+    elif args.command == "train":
+        from framework.train.run import run as run_training
+
+        return run_training(args)
     return 0
 
 

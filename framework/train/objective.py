@@ -1,14 +1,27 @@
 """Model + loss as one module: encode queries and passages, score every head, return named loss terms.
 
-Shape legend: Q queries, P passages (= Q * G), G group size (positive first), L tokens.
+With `gather_dense`, the dense InfoNCE runs over all ranks' queries x passages (framework/parallel's
+gather_with_grad; its docstring explains the world-size factor that `rescale_grad` applies). The local
+dense block the ensemble and self-distillation use is always computed from the local tensors: cut out of
+the gathered matrix it would carry the world-size factor too.
+
+Shape legend: Q queries, P passages (= Q * G), G group size (positive first), L tokens,
+R all ranks' queries, S all ranks' passages.
 """
 from __future__ import annotations
+
 
 import torch
 from torch import nn
 
-from framework.loss import HeadScores, LossConfig, colbert_scores, dense_scores, m3_loss, sparse_scores
+from framework.loss import GlobalDense, HeadScores, LossConfig, colbert_scores, dense_scores, m3_loss, sparse_scores
 from framework.model import M3Model, M3Output
+from framework.parallel import gather, gather_with_grad, world_size
+from framework.train.split_batch import encode, sub_batch_size
+
+# Added to the raw score of a placeholder passage (a query without negatives): after the temperature
+# (1/0.02) it is far below any real score, so softmax gives it zero weight, yet it stays finite in bf16.
+INVALID_SCORE = -1e4
 
 
 def head_scores(q: M3Output, p: M3Output, cfg: LossConfig) -> HeadScores:
@@ -21,10 +34,23 @@ def head_scores(q: M3Output, p: M3Output, cfg: LossConfig) -> HeadScores:
     )
 
 
+def mask_invalid(scores: HeadScores, valid_P: torch.Tensor | None) -> HeadScores:
+    """Push placeholder passages' columns far below every real score in each head."""
+    if valid_P is None or bool(valid_P.all()):
+        return scores
+    penalty_P = (~valid_P).to(torch.float32) * INVALID_SCORE
+
+    def masked(score_QP):
+        return None if score_QP is None else score_QP + penalty_P.to(score_QP.dtype)
+
+    return HeadScores(masked(scores.dense), masked(scores.sparse), masked(scores.colbert))
+
+
 class M3Objective(nn.Module):
     """forward(query ids/mask, passage ids/mask, group_size, step) -> {"*_loss": ..., "loss": total}."""
 
-    def __init__(self, model: M3Model, loss_cfg: LossConfig):
+    def __init__(self, model: M3Model, loss_cfg: LossConfig, sub_batch: int | None = None,
+                 sub_batch_tokens: int | None = None, gather_dense: bool = False, rescale_grad: bool = True):
         super().__init__()
         for head, model_flag in (("dense", model.cfg.dense), ("sparse", model.cfg.sparse),
                                  ("colbert", model.cfg.colbert)):
@@ -33,9 +59,32 @@ class M3Objective(nn.Module):
                                  f"switch the head on (model.{head}=true) or set loss.use_{head}=false")
         self.model = model
         self.loss_cfg = loss_cfg
+        self.sub_batch, self.sub_batch_tokens = sub_batch, sub_batch_tokens
+        self.gather_dense, self.rescale_grad = gather_dense, rescale_grad
+
+    def encode(self, ids_BL: torch.Tensor, mask_BL: torch.Tensor) -> M3Output:
+        return encode(self.model, ids_BL, mask_BL, sub_batch_size(ids_BL.shape[1], self.sub_batch,
+                                                                 self.sub_batch_tokens))
 
     def forward(self, q_ids_QL: torch.Tensor, q_mask_QL: torch.Tensor, p_ids_PL: torch.Tensor,
                 p_mask_PL: torch.Tensor, group_size: int, step: int,
-                teacher_scores_QG: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        scores = head_scores(self.model(q_ids_QL, q_mask_QL), self.model(p_ids_PL, p_mask_PL), self.loss_cfg)
-        return m3_loss(scores, group_size, step, self.loss_cfg, teacher_scores_QG)
+                teacher_scores_QG: torch.Tensor | None = None,
+                passage_valid_P: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        q, p = self.encode(q_ids_QL, q_mask_QL), self.encode(p_ids_PL, p_mask_PL)
+        cfg = self.loss_cfg
+        scores = mask_invalid(head_scores(q, p, cfg), passage_valid_P)
+        use_global = self.gather_dense and cfg.use_dense and world_size() > 1
+        dense_global = self._global_dense(q, p, teacher_scores_QG, passage_valid_P) if use_global else None
+        return m3_loss(scores, group_size, step, cfg, teacher_scores_QG, dense_global=dense_global)
+
+    def _global_dense(self, q: M3Output, p: M3Output, teacher_scores_QG, valid_P) -> GlobalDense:
+        q_all = gather_with_grad(q.dense_BD, self.rescale_grad)
+        p_all = gather_with_grad(p.dense_BD, self.rescale_grad)
+        scores_RS = dense_scores(q_all.tensor, p_all.tensor)
+        if valid_P is not None:
+            valid_S = gather(valid_P.to(scores_RS.dtype)).tensor
+            scores_RS = scores_RS + (1 - valid_S) * INVALID_SCORE
+        teacher_RG = None
+        if teacher_scores_QG is not None and self.loss_cfg.kd_loss_type == "m3_kd_loss":
+            teacher_RG = gather(teacher_scores_QG).tensor
+        return GlobalDense(scores_RS, q_all.offset, teacher_RG)

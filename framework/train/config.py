@@ -1,0 +1,340 @@
+"""The run config: one typed tree, each component reads only its own section.
+
+    RunConfig
+      model        ModelConfig (framework/model/config.py): starting point, heads, checkpointing
+      engine       DeepSpeed config file, precision, ZeRO stage override
+      tracking     MLflow store and experiment
+      checkpoint   interval, how many to keep, resume policy, exports
+      stages       [StageConfig]: data, loss, optimiser, gather, split-batch, length, freezing
+
+A run config is a YAML file (examples in configs/) plus dotted overrides; `load_run_config` resolves
+and validates it before any process group starts. Batch sizes that depend on the world size are derived
+later, once, in framework/train/batching.py.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from framework.config import apply_overrides, from_dict, read_yaml
+from framework.data.buckets import DEFAULT_EDGES, PAPER_EDGES, BucketConfig
+from framework.loss import LossConfig
+from framework.model.config import ModelConfig
+
+STAGE_KINDS = ("contrastive", "retromae")
+SCHEDULES = ("linear", "cosine", "constant")
+PRECISIONS = ("auto", "bf16", "fp32")
+NAMED_EDGES = {"default": DEFAULT_EDGES, "paper": PAPER_EDGES}
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How DeepSpeed runs the model."""
+
+    deepspeed_config: str = "ds_configs/zero2.json"
+    """DeepSpeed JSON (ZeRO, precision details, bucket sizes); batch, lr and clipping are injected."""
+    zero_stage: int | None = None
+    """Override of the file's zero_optimization.stage (0-3); None keeps the file's."""
+    precision: str = "auto"
+    """'bf16' (GPU), 'fp32' (CPU), or 'auto': bf16 when CUDA is available, else fp32."""
+    backend: str | None = None
+    """torch.distributed backend; None = nccl with CUDA, gloo otherwise."""
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"engine.precision={self.precision!r}: use one of {PRECISIONS}")
+        if self.zero_stage is not None and self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"engine.zero_stage={self.zero_stage}: use 0, 1, 2 or 3 (or null for the file's)")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Where MLflow records the run (rank 0 only)."""
+
+    enabled: bool = True
+    """False: record nothing (the tracker's do-nothing twin)."""
+    uri: str | None = None
+    """Tracking URI; None = $MLFLOW_TRACKING_URI, else sqlite:///<output_dir>/../mlflow.db."""
+    experiment: str = "m3-embedding"
+    """MLflow experiment name."""
+    log_every: int = 10
+    """Optimizer steps between metric batches (and progress lines)."""
+
+    def __post_init__(self) -> None:
+        if self.log_every < 1:
+            raise ValueError(f"tracking.log_every={self.log_every}: use >= 1")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """DeepSpeed checkpoints and BGE-M3 exports."""
+
+    every_steps: int = 1000
+    """Optimizer steps between checkpoints (one is always written at each stage end); 0 = stage ends only."""
+    keep_last: int = 2
+    """Checkpoints kept on disk (older ones are deleted once a newer one is complete)."""
+    resume: str = "auto"
+    """'auto': continue from output_dir's latest checkpoint if there is one; 'never': refuse a used
+    output_dir; 'must': fail unless a checkpoint exists."""
+    export_stages: bool = True
+    """Write a BGE-M3 directory at each stage end (the next stage starts from it)."""
+
+    def __post_init__(self) -> None:
+        if self.every_steps < 0 or self.keep_last < 1:
+            raise ValueError("checkpoint.every_steps must be >= 0 and checkpoint.keep_last >= 1")
+        if self.resume not in ("auto", "never", "must"):
+            raise ValueError(f"checkpoint.resume={self.resume!r}: use 'auto', 'never' or 'must'")
+
+
+@dataclass(frozen=True)
+class BucketSection:
+    """Length buckets and batch sizes of a stage."""
+
+    edges: str | list[int] = "manifest"
+    """'manifest' (the edges the shards were bucketed with), 'default' (the paper's edges plus x1.1
+    steps below), 'paper' (its 9 ranges) or a list; must equal the manifest's edges."""
+    total_batch: dict[int, int] = field(default_factory=dict)
+    """Upper edge -> queries per optimizer step over all ranks (the paper's Table 9)."""
+    tokens_per_rank: int | None = None
+    """Alternative: queries per micro-batch per rank = tokens_per_rank // edge."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.edges, str) and self.edges not in (*NAMED_EDGES, "manifest"):
+            raise ValueError(f"buckets.edges={self.edges!r}: use 'manifest', one of {sorted(NAMED_EDGES)} or a "
+                             "list of ints")
+        self.bucket_config(PAPER_EDGES if self.edges == "manifest" else None)
+
+    def bucket_config(self, manifest_edges: tuple[int, ...] | None) -> BucketConfig:
+        """Edges and sizes, checked against the edges the shards were prepared with."""
+        if self.edges == "manifest":
+            edges = manifest_edges
+        else:
+            edges = NAMED_EDGES[self.edges] if isinstance(self.edges, str) else tuple(self.edges)
+            if manifest_edges is not None and tuple(edges) != tuple(manifest_edges):
+                raise ValueError(f"buckets.edges {list(edges)[:5]}... differ from the manifest's length edges "
+                                 f"{list(manifest_edges)[:5]}...; use edges: manifest, or re-shard with "
+                                 "tools/make_shards.py --length-edges")
+        if edges is None:
+            raise ValueError("the manifest has no length edges (shards made without --tokenizer); re-shard with "
+                             "a tokenizer, or give buckets.edges")
+        return BucketConfig(edges=tuple(edges), total_batch=dict(self.total_batch),
+                            tokens_per_rank=self.tokens_per_rank)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which shards a stage reads and how it samples them."""
+
+    manifest: str = ""
+    """manifest.json written by tools/make_shards.py (or merged from several)."""
+    sources: list[str] = field(default_factory=list)
+    """Sources of the manifest to read (empty: all)."""
+    source_weights: dict[str, float] = field(default_factory=dict)
+    """Fraction (0, 1] of each source kept per epoch."""
+    mix_sources: bool = False
+    """Allow several sources in one batch (False: the reference's same-source batches)."""
+    group_size: int = 8
+    """Passages per query: 1 positive + group_size - 1 hard negatives (1: in-batch negatives only)."""
+    query_max_length: int = 512
+    """Query tokens kept (specials included)."""
+    passage_max_length: int = 8192
+    """Passage (or document, for retromae) tokens kept (specials included)."""
+    buckets: BucketSection = field(default_factory=lambda: BucketSection(total_batch={8192: 8}))
+    """Length buckets and batch sizes."""
+    num_workers: int = 1
+    """DataLoader workers per rank (0: read in the training process)."""
+    shuffle_window: int = 1024
+    """Samples shuffled together in each slot's stream."""
+    max_bad_fraction: float = 0.01
+    """Stop when more than this fraction of the records read are malformed."""
+
+    def __post_init__(self) -> None:
+        if not self.manifest:
+            raise ValueError("data.manifest is empty: give the manifest.json written by tools/make_shards.py")
+        if self.group_size < 1:
+            raise ValueError(f"data.group_size={self.group_size}: use >= 1")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW and its learning-rate schedule."""
+
+    lr: float = 1e-5
+    """Peak learning rate."""
+    weight_decay: float = 0.01
+    """Decoupled weight decay (not applied to biases and LayerNorm weights)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam betas."""
+    eps: float = 1e-8
+    """Adam epsilon."""
+    warmup_ratio: float = 0.1
+    """Fraction of the stage's steps with linear warm-up (ignored when warmup_steps is set)."""
+    warmup_steps: int | None = None
+    """Warm-up length in optimizer steps."""
+    schedule: str = "linear"
+    """Decay after warm-up: 'linear' (to 0, the reference's), 'cosine' or 'constant'."""
+    grad_clip: float = 1.0
+    """Gradient-norm clipping (0: off)."""
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr={self.lr}: use a positive learning rate")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"optim.schedule={self.schedule!r}: use one of {SCHEDULES}")
+        if not 0 <= self.warmup_ratio < 1 or (self.warmup_steps is not None and self.warmup_steps < 0):
+            raise ValueError("optim.warmup_ratio must lie in [0, 1) and optim.warmup_steps be >= 0")
+
+    def warmup(self, total_steps: int) -> int:
+        return self.warmup_steps if self.warmup_steps is not None else int(self.warmup_ratio * total_steps)
+
+
+@dataclass(frozen=True)
+class GatherConfig:
+    """Which heads see all ranks' passages as in-batch negatives."""
+
+    dense: bool = True
+    """Dense scores over all ranks' queries x passages (the reference's default)."""
+    rescale_grad: bool = True
+    """Scale the gathered loss's gradient by the world size so it equals one process on the whole
+    batch; False reproduces the reference (its cross-device dense gradient is 1/world of that)."""
+
+
+@dataclass(frozen=True)
+class SplitBatchConfig:
+    """Encode a batch in sub-batches, each under activation checkpointing (the paper's Algorithm 1)."""
+
+    sub_batch: int | None = None
+    """Sequences per sub-batch; None: encode whole batches."""
+    sub_batch_tokens: int | None = None
+    """Alternative: padded tokens per sub-batch (sub-batch = max(1, tokens // batch width))."""
+
+    def __post_init__(self) -> None:
+        if self.sub_batch is not None and self.sub_batch_tokens is not None:
+            raise ValueError("split_batch: give sub_batch or sub_batch_tokens, not both")
+        for name in ("sub_batch", "sub_batch_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"split_batch.{name}={value}: use >= 1 or null")
+
+    @property
+    def enabled(self) -> bool:
+        return self.sub_batch is not None or self.sub_batch_tokens is not None
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation at the stage end (framework/evaluate)."""
+
+    benchmark: str | None = None
+    """Benchmark name or BEIR directory; None: no evaluation."""
+    max_queries: int | None = None
+    """Queries per direction (None: all)."""
+    batch_size: int = 64
+    """Encoding batch size."""
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One stage of the curriculum."""
+
+    name: str
+    """Unique name (used in paths, MLflow run names and overrides: stages.<name>.field=...)."""
+    kind: str = "contrastive"
+    """'contrastive' (the M3 loss on pairs) or 'retromae' (pre-training on plain text)."""
+    steps: int | None = None
+    """Optimizer steps of the stage."""
+    samples: int | None = None
+    """Alternative: queries (documents) over all ranks; steps = samples // global batch of the first bucket."""
+    accumulation: int = 1
+    """Micro-batches per optimizer step."""
+    data: DataConfig = field(default_factory=lambda: DataConfig(manifest="-"))
+    """Shards, sampling, buckets."""
+    loss: dict[str, Any] = field(default_factory=dict)
+    """{'preset': 'reference' | 'paper', <LossConfig field>: value, ...} (framework/loss/config.py)."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimiser and schedule."""
+    gather: GatherConfig = field(default_factory=GatherConfig)
+    """Cross-rank negatives."""
+    split_batch: SplitBatchConfig = field(default_factory=SplitBatchConfig)
+    """Sub-batch encoding."""
+    freeze: list[str] = field(default_factory=list)
+    """Regexes of parameter names not trained, e.g. 'encoder\\.embeddings\\.position' or '^encoder\\.'."""
+    on_nonfinite: str = "stop"
+    """NaN/inf loss: 'stop' (name the step and the last good checkpoint) or 'skip' the step."""
+    retromae: dict[str, Any] = field(default_factory=dict)
+    """RetroMAEConfig fields for kind 'retromae' (framework/pretrain)."""
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation at the stage end."""
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", self.name or ""):
+            raise ValueError(f"stage name {self.name!r}: use letters, digits, '_' or '-'")
+        if self.kind not in STAGE_KINDS:
+            raise ValueError(f"stages.{self.name}.kind={self.kind!r}: use one of {STAGE_KINDS}")
+        if (self.steps is None) == (self.samples is None):
+            raise ValueError(f"stages.{self.name}: give exactly one of steps or samples")
+        if (self.steps or self.samples or 0) < 1 or self.accumulation < 1:
+            raise ValueError(f"stages.{self.name}: steps/samples and accumulation must be >= 1")
+        if self.on_nonfinite not in ("stop", "skip"):
+            raise ValueError(f"stages.{self.name}.on_nonfinite={self.on_nonfinite!r}: use 'stop' or 'skip'")
+        for pattern in self.freeze:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"stages.{self.name}.freeze: {pattern!r} is not a regex: {err}") from err
+        if self.kind == "contrastive":
+            self.loss_config()
+
+    def loss_config(self) -> LossConfig:
+        fields = dict(self.loss)
+        return LossConfig.preset(fields.pop("preset", "reference"), **fields)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A training run: a model, an engine and a list of stages."""
+
+    output_dir: str
+    """Checkpoints, exports, the resolved config and logs go here."""
+    stages: list[StageConfig]
+    """The curriculum, run in order; each stage starts from the previous one's weights."""
+    name: str = "m3"
+    """Run name (MLflow parent run)."""
+    seed: int = 0
+    """Root of all randomness (data order, group sampling, dropout, init of fresh heads)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Starting point and heads."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """DeepSpeed."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """MLflow."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Checkpoints and exports."""
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            raise ValueError("stages is empty: list at least one stage")
+        names = [s.name for s in self.stages]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"stage names {duplicates} are used twice; give every stage its own name")
+        if not self.model.path:
+            raise ValueError("model.path is empty: give a HF or BGE-M3 model directory to start from "
+                             "(tools/build_model.py makes one)")
+        for stage in self.stages:
+            if stage.kind != "contrastive":
+                continue
+            loss = stage.loss_config()
+            for head in ("dense", "sparse", "colbert"):
+                if getattr(loss, f"use_{head}") and not getattr(self.model, head):
+                    raise ValueError(f"stages.{stage.name}.loss.use_{head} is on but model.{head} is false; "
+                                     f"switch the head on or set stages.{stage.name}.loss.use_{head}=false")
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] = (), data: dict | None = None) -> RunConfig:
+    """Read a YAML run config (or take `data`), apply `dotted.key=value` overrides, validate."""
+    raw = read_yaml(path) if path is not None else dict(data or {})
+    raw = apply_overrides(raw, list(overrides))
+    return from_dict(RunConfig, raw)

@@ -1,0 +1,139 @@
+"""DeepSpeed engine construction: resolved config, frozen parameters, AdamW and its schedule.
+
+The optimiser is torch's AdamW passed as a client object (DeepSpeed's own Adam variants need a JIT
+build of a C++/CUDA op; on CUDA torch's fused AdamW is used instead). The learning-rate schedule is a
+LambdaLR that DeepSpeed steps at each optimizer step (not at each micro-batch).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import re
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from framework.train.batching import BatchPlan
+from framework.train.config import EngineConfig, OptimConfig
+
+log = logging.getLogger(__name__)
+
+INJECTED = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+            "gradient_clipping", "bf16", "fp16", "optimizer", "scheduler")
+NO_DECAY = re.compile(r"(^|\.)bias$|LayerNorm\.weight$|layer_norm\.weight$|norm\.weight$")
+
+
+def resolve_precision(precision: str) -> str:
+    """'auto' -> bf16 with CUDA, fp32 on CPU (DeepSpeed refuses fp16 on CPU; bf16 on CPU is slow)."""
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_available() else "fp32"
+    return precision
+
+
+def resolve_ds_config(cfg: EngineConfig, plan: BatchPlan, optim: OptimConfig, precision: str) -> dict:
+    """The DeepSpeed config of one stage: the file's settings plus what the run derives."""
+    path = Path(cfg.deepspeed_config)
+    if not path.is_file():
+        raise ValueError(f"engine.deepspeed_config={path} does not exist; use one of ds_configs/*.json")
+    try:
+        ds = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON: {err}") from err
+    clashes = [key for key in INJECTED if key in ds]
+    if clashes:
+        raise ValueError(f"{path} sets {clashes}, which the run derives (batch table, optim.*, "
+                         "engine.precision); remove them from the file")
+    _refuse_auto(ds, str(path))
+    ds = copy.deepcopy(ds)
+    ds.setdefault("zero_optimization", {})
+    if cfg.zero_stage is not None:
+        ds["zero_optimization"]["stage"] = cfg.zero_stage
+    ds["train_micro_batch_size_per_gpu"] = plan.reference_micro
+    ds["gradient_accumulation_steps"] = plan.accumulation
+    ds["train_batch_size"] = plan.global_batch
+    assert ds["train_batch_size"] == (ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"]
+                                      * plan.world_size)
+    ds["gradient_clipping"] = optim.grad_clip
+    ds["bf16"] = {"enabled": precision == "bf16"}
+    return ds
+
+
+def _refuse_auto(node, where: str) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _refuse_auto(value, f"{where}:{key}")
+    elif node == "auto":
+        raise ValueError(f"{where} is 'auto'; write the value (the framework fills only batch sizes, "
+                         "accumulation, clipping and precision)")
+
+
+def freeze(module: nn.Module, patterns: list[str]) -> list[str]:
+    """Set requires_grad=False on parameters whose name matches a pattern; returns the frozen names."""
+    frozen = []
+    for pattern in patterns:
+        regex = re.compile(pattern)
+        matched = [name for name, _ in module.named_parameters() if regex.search(name)]
+        if not matched:
+            sample = [name for name, _ in module.named_parameters()][:5]
+            raise ValueError(f"freeze pattern {pattern!r} matches no parameter; names look like {sample}")
+        frozen.extend(matched)
+    frozen_set = set(frozen)
+    for name, param in module.named_parameters():
+        param.requires_grad_(name not in frozen_set)
+    if all(not p.requires_grad for p in module.parameters()):
+        raise ValueError(f"freeze patterns {patterns} freeze every parameter; nothing would train")
+    return sorted(frozen_set)
+
+
+def adamw(module: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW over trainable parameters; no weight decay on biases and norm weights."""
+    decay, no_decay = [], []
+    for name, param in module.named_parameters():
+        if param.requires_grad:
+            (no_decay if NO_DECAY.search(name) else decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    fused = {"fused": True} if torch.cuda.is_available() else {}
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **fused)
+
+
+def lr_factor(schedule: str, warmup: int, total: int):
+    """Multiplier of the peak lr at optimizer step s (0-based): linear warm-up, then the decay."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        if schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def skip_shm_op_build() -> None:
+    """DeepSpeed JIT-builds a shared-memory op at init that only inference all-reduce uses (~50 s on a
+    fresh CPU machine, needs a compiler). Replace the builder with one that reports 'not available'."""
+    module = sys.modules.get("deepspeed.comm.torch")
+    if module is None:
+        import deepspeed.comm.torch  # noqa: F401  (the module name clashes with torch: reach it by path)
+        module = sys.modules["deepspeed.comm.torch"]
+    if hasattr(module, "build_shm_op"):
+        module.build_shm_op = lambda *args, **kwargs: None
+
+
+def build_engine(module: nn.Module, optim: OptimConfig, plan: BatchPlan, ds_config: dict):
+    """deepspeed.initialize with the client optimiser and schedule; returns (engine, optimizer, scheduler)."""
+    import deepspeed
+
+    skip_shm_op_build()
+    factor = lr_factor(optim.schedule, optim.warmup(plan.steps), plan.steps)
+    # A callable, so the schedule drives the optimizer DeepSpeed wraps (ZeRO replaces the param groups).
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=module, optimizer=adamw(module, optim), config=ds_config,
+        lr_scheduler=lambda wrapped: torch.optim.lr_scheduler.LambdaLR(wrapped, factor))
+    return engine, optimizer, scheduler

@@ -1,0 +1,44 @@
+"""The model's full fp32 weights out of a DeepSpeed engine, at any ZeRO stage, and the BGE-M3 export.
+
+Every rank must call `full_state_dict` (under ZeRO-3 gathering a parameter is a collective); rank 0
+gets the tensors. Trained parameters come from the optimizer's fp32 master copy (so a bf16 run exports
+and hands the next stage fp32 weights, not their bf16 rounding); frozen ones from the module.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from framework.model import M3Model, save_m3
+from framework.parallel import barrier, is_main
+
+
+def full_state_dict(model: M3Model) -> dict[str, torch.Tensor]:
+    """Full fp32 CPU tensors of every parameter and persistent buffer (rank 0; {} elsewhere)."""
+    import deepspeed
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    state: dict[str, torch.Tensor] = {}
+    for name, param in model.named_parameters():
+        value = safe_get_full_fp32_param(param) if param.requires_grad else None
+        if value is None:
+            with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                value = param.detach().to(torch.float32).clone()
+        if is_main():
+            state[name] = value.detach().to("cpu", torch.float32).clone()
+    if is_main():
+        wanted = set(model.state_dict())
+        for name, buffer in model.named_buffers():
+            if name in wanted:
+                state[name] = buffer.detach().cpu().clone()
+    return state
+
+
+def export_bge_m3(model: M3Model, tokenizer, out_dir: Path) -> Path:
+    """Gather and write a BGE-M3 directory (FlagEmbedding's BGEM3FlagModel loads it)."""
+    state = full_state_dict(model)
+    if is_main():
+        save_m3(model, tokenizer, out_dir, state_dict=state)
+    barrier()
+    return out_dir

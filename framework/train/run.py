@@ -1,0 +1,58 @@
+"""`python -m framework train --config RUN.yaml [dotted.key=value ...]`: load, build, train, close.
+
+Runs as one process, under torchrun, the deepspeed launcher or srun (framework/parallel/env.py reads
+the rank variables of each).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from framework.parallel import detect_env, init_distributed, is_main, shutdown
+from framework.tracking import make_tracker
+from framework.train.config import load_run_config
+from framework.train.trainer import Trainer
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, type=Path, help="YAML run config (see configs/)")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. stages.warmup.steps=100")
+    parser.add_argument("--resume", action="store_true",
+                        help="require a checkpoint in output_dir and continue from it (default: resume "
+                             "automatically when there is one)")
+    # The deepspeed launcher appends --local_rank=N; LOCAL_RANK carries the same value.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides) + (["checkpoint.resume=must"] if args.resume else [])
+    cfg = load_run_config(args.config, overrides)  # validated before any process group exists
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("framework").setLevel(logging.INFO)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    init_distributed(detect_env(), cfg.engine.backend)
+    tracker = make_tracker(cfg.tracking.enabled, is_main(), cfg.tracking.uri, cfg.tracking.experiment,
+                           Path(cfg.output_dir))
+    status = "FAILED"
+    try:
+        export = Trainer(cfg, tracker, evaluate=_stage_evaluator()).train()
+        status = "FINISHED"
+        if is_main():
+            print(f"done: final model {export}", flush=True)
+            if tracker.tracking_uri:
+                print(f"compare runs: mlflow ui --backend-store-uri {tracker.tracking_uri}", flush=True)
+    finally:
+        tracker.close(status)
+        shutdown()
+    return 0
+
+
+def _stage_evaluator():
+    """The stage-end evaluation hook, when the evaluation package is present."""
+    try:
+        from framework.evaluate.hook import evaluate_stage
+    except ImportError:
+        return None
+    return evaluate_stage

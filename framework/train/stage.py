@@ -1,0 +1,173 @@
+"""One curriculum stage: build the model, engine and stream, run the steps, checkpoint, export.
+
+Shape legend: Q queries, P passages, L tokens.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from framework.config import flatten, to_dict
+from framework.data.manifest import load_manifest
+from framework.data.stream import PairStream, ResumableLoader, StreamConfig
+from framework.model import load_m3
+from framework.parallel import all_reduce_sum, is_main, rank, world_size
+from framework.tracking import NullTracker
+from framework.train.batching import BatchPlan, plan_batches
+from framework.train.checkpoint import Checkpoints, ResumePoint
+from framework.train.config import RunConfig, StageConfig
+from framework.train.engine import build_engine, freeze, resolve_ds_config, resolve_precision
+from framework.train.export import export_bge_m3
+from framework.train.meter import Meter, progress_line
+from framework.train.objective import M3Objective
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or inf and the stage is configured to stop."""
+
+
+class StageRun:
+    """Everything one stage needs; `run()` trains it to the end and returns the export directory."""
+
+    def __init__(self, run: RunConfig, index: int, start_dir: Path, tracker: NullTracker,
+                 checkpoints: Checkpoints, resume: ResumePoint | None):
+        self.run_cfg, self.index, self.stage = run, index, run.stages[index]
+        self.start_dir, self.tracker, self.checkpoints, self.resume = start_dir, tracker, checkpoints, resume
+        self.step = self.micro_step = 0
+        self.last_checkpoint: Path | None = resume.path if resume else None
+
+    # ---- construction -------------------------------------------------------------------------
+    def build(self) -> None:
+        stage, run = self.stage, self.run_cfg
+        # Fresh heads (a plain HF start) are initialised from the run seed, the same on every rank.
+        torch.manual_seed(run.seed + self.index)
+        model_cfg = dataclasses.replace(run.model, path=str(self.start_dir))
+        self.model, self.tokenizer = load_m3(self.start_dir, model_cfg)
+        manifest = load_manifest(stage.data.manifest)
+        self.plan: BatchPlan = plan_batches(stage, world_size(), manifest.length_edges)
+        self.objective = self._objective()
+        self.frozen = freeze(self.objective, stage.freeze)
+        self.precision = resolve_precision(run.engine.precision)
+        self.ds_config = resolve_ds_config(run.engine, self.plan, stage.optim, self.precision)
+        self.engine, self.optimizer, self.scheduler = build_engine(self.objective, stage.optim, self.plan,
+                                                                   self.ds_config)
+        self.loader = self._loader()
+
+    def _objective(self) -> torch.nn.Module:
+        stage = self.stage
+        if stage.kind != "contrastive":
+            raise ValueError(f"stages.{stage.name}.kind={stage.kind!r} is not available in this build")
+        return M3Objective(self.model, stage.loss_config(), stage.split_batch.sub_batch,
+                           stage.split_batch.sub_batch_tokens, gather_dense=stage.gather.dense,
+                           rescale_grad=stage.gather.rescale_grad)
+
+    def _loader(self) -> ResumableLoader:
+        data, stage = self.stage.data, self.stage
+        cfg = StreamConfig(batch_sizes=self.plan.micro_per_rank, group_size=data.group_size,
+                           seed=self.run_cfg.seed + 1000 * self.index, num_workers=data.num_workers,
+                           mix_sources=data.mix_sources, source_weights=dict(data.source_weights),
+                           query_max_length=data.query_max_length, passage_max_length=data.passage_max_length,
+                           shuffle_window=data.shuffle_window, sources=tuple(data.sources),
+                           max_bad_fraction=data.max_bad_fraction)
+        if stage.kind == "contrastive" and data.group_size == 1 and not stage.gather.dense and \
+                min(self.plan.micro_per_rank.values()) < 2:
+            raise ValueError(f"stages.{stage.name}: group size 1, one query per rank and no gather: no negatives")
+        return ResumableLoader(lambda state: PairStream.from_manifest(data.manifest, cfg, self.tokenizer, rank(),
+                                                                      world_size(), state))
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def run(self) -> Path:
+        self.build()
+        if self.resume is not None:
+            client = self.checkpoints.load(self.engine, self.resume)
+            self.step, self.micro_step = client["step"], client["micro_step"]
+            self.loader.load_state_dict(client["data"])
+            log.info("resumed stage %s at step %d from %s", self.stage.name, self.step, self.resume.path)
+        self._start_tracking()
+        self._train()
+        self.save_checkpoint()
+        export = self.checkpoints.export_dir(self.stage.name)
+        export_bge_m3(self.model, self.tokenizer, export)
+        self.tracker.log_artifact(export, "model")
+        return export
+
+    def _train(self) -> None:
+        meter, batches = Meter(), iter(self.loader)
+        every = self.run_cfg.tracking.log_every
+        start, start_step = time.monotonic(), self.step
+        while self.step < self.plan.steps:
+            for _ in range(self.plan.accumulation):
+                self._micro_step(next(batches), meter)
+            self.step += 1
+            if self.step % every == 0 or self.step == self.plan.steps:
+                metrics = meter.collect()
+                metrics["lr"] = self.scheduler.get_last_lr()[0]
+                norm = self.engine.get_global_grad_norm()
+                if norm is not None:
+                    metrics["grad_norm"] = float(norm)
+                self.tracker.log_metrics(metrics, self.step)
+                if is_main():
+                    print(progress_line(self.stage.name, self.step, self.plan.steps, metrics,
+                                        time.monotonic() - start, self.step - start_step), flush=True)
+            every_ckpt = self.run_cfg.checkpoint.every_steps
+            if every_ckpt and self.step % every_ckpt == 0 and self.step < self.plan.steps:
+                self.save_checkpoint()
+
+    def _micro_step(self, batch, meter: Meter) -> None:
+        device = self.engine.device
+        teacher = batch.teacher_scores_QG.to(device) if batch.teacher_scores_QG is not None else None
+        terms = self.engine(batch.q_ids_QL.to(device), batch.q_mask_QL.to(device), batch.p_ids_PL.to(device),
+                            batch.p_mask_PL.to(device), batch.group_size, self.micro_step, teacher,
+                            batch.passage_valid_P.to(device))
+        loss = terms["loss"]
+        finite = all_reduce_sum(torch.tensor([float(torch.isfinite(loss.detach()).all())]))
+        if float(finite[0]) < world_size():
+            self._non_finite(batch, meter)
+            return
+        self.engine.backward(loss)
+        self.engine.step()
+        self.micro_step += 1
+        meter.add({k: float(v.detach()) for k, v in terms.items()}, batch.q_ids_QL.shape[0], batch.num_tokens,
+                  batch.num_padded_tokens, int(batch.stream[1]), batch.stats)
+
+    def _non_finite(self, batch, meter: Meter) -> None:
+        where = (f"stage {self.stage.name}, optimizer step {self.step + 1}, micro-batch {self.micro_step} "
+                 f"(bucket {batch.stream[1]}, first sample {batch.keys[0] if batch.keys else '?'})")
+        if self.stage.on_nonfinite == "skip":
+            log.warning("non-finite loss at %s: micro-batch skipped", where)
+            meter.skip()
+            self.micro_step += 1
+            return
+        last = self.last_checkpoint or "none yet (the stage starts over)"
+        raise NonFiniteLoss(f"non-finite loss at {where}. Last good checkpoint: {last}. Lower the learning rate "
+                            f"or set stages.{self.stage.name}.on_nonfinite=skip, then resume.")
+
+    # ---- side effects -------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        client = {"stage": self.stage.name, "stage_index": self.index, "step": self.step,
+                  "micro_step": self.micro_step, "data": self.loader.state_dict(),
+                  "progress": {"step": self.step, "of": self.plan.steps}}
+        self.last_checkpoint = self.checkpoints.save(self.engine, self.stage.name, f"step{self.step:08d}", client)
+
+    def _start_tracking(self) -> None:
+        stage = self.stage
+        params = flatten(to_dict(stage))
+        params.update({"derived.micro_per_rank": json.dumps(self.plan.micro_per_rank),
+                       "derived.global_batch": self.plan.global_batch, "derived.steps": self.plan.steps,
+                       "derived.precision": self.precision, "derived.frozen_parameters": len(self.frozen),
+                       "derived.start_dir": str(self.start_dir)})
+        zero = self.ds_config["zero_optimization"].get("stage", 0)
+        self.tracker.start_stage(stage.name, params, {"stage": stage.name, "kind": stage.kind,
+                                                      "world_size": str(world_size()), "zero_stage": str(zero)})
+        ds_path = self.checkpoints.stage_dir(stage.name) / "deepspeed_config.json"
+        if is_main():
+            ds_path.parent.mkdir(parents=True, exist_ok=True)
+            ds_path.write_text(json.dumps(self.ds_config, indent=2))
+            self.tracker.log_artifact(ds_path, "config")

@@ -1,0 +1,281 @@
+"""Training: config validation, batch arithmetic, split-batch, placeholder masking, and real DeepSpeed
+runs (one process and two gloo processes) for resume, ZeRO stages, MLflow and the ZeRO-3 export.
+
+The DeepSpeed runs go through tests/train_scenarios.py so that one process start-up serves several
+runs; they use real shards of the shipped DDTP sample, the tiny random model and a real sqlite MLflow store.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from framework.config import from_dict
+from framework.loss import LossConfig
+from framework.model import load_m3
+from framework.train.batching import plan_batches
+from framework.train.config import EngineConfig, OptimConfig, RunConfig, load_run_config
+from framework.train.engine import freeze, resolve_ds_config
+from framework.train.objective import M3Objective
+from tests.train_scenarios import REPO_ROOT, losses, run_config
+
+DDTP = REPO_ROOT / "data" / "ddtp" / "train"
+
+
+@pytest.fixture(scope="module")
+def shards(tokenizer_dir: Path, tmp_path_factory) -> Path:
+    """Pre-tokenised shards of four DDTP directions (320 pairs with 7 hard negatives each)."""
+    from tools.make_shards import main as make_shards
+
+    out = tmp_path_factory.mktemp("shards")
+    make_shards([str(DDTP / f"{d}.jsonl.gz") for d in ("de", "fr", "en", "de-en")] +
+                ["--out", str(out), "--tokenizer", str(tokenizer_dir), "--pretokenize", "--max-length", "128",
+                 "--progress-seconds", "1000"])
+    return out / "manifest.json"
+
+
+def _env() -> dict:
+    return dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", TOKENIZERS_PARALLELISM="false",
+                PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
+
+
+def _drive(specs: list[dict], tmp_path: Path, nproc: int = 1, timeout: int = 600) -> None:
+    spec = tmp_path / f"spec-{time.monotonic_ns()}.json"
+    spec.write_text(json.dumps(specs))
+    script = str(REPO_ROOT / "tests" / "train_scenarios.py")
+    from framework.parallel import free_port
+
+    cmd = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+            str(free_port()),
+            script, str(spec)] if nproc > 1 else [sys.executable, script, str(spec)])
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+
+
+# ---- config and arithmetic (no engine) ---------------------------------------------------------------
+def _raw(tmp_path: Path, **stage) -> dict:
+    base = {"name": "s", "steps": 3, "data": {"manifest": "m.json", "buckets": {"total_batch": {8192: 8}}}}
+    base.update(stage)
+    return {"output_dir": str(tmp_path), "model": {"path": "m"}, "stages": [base]}
+
+
+def test_config_errors_name_the_field(tmp_path):
+    with pytest.raises(ValueError, match=r"stages\.0\.data: unknown field\(s\) \['group_sise'\]"):
+        from_dict(RunConfig, _raw(tmp_path, data={"manifest": "m", "group_sise": 2}))
+    with pytest.raises(ValueError, match="exactly one of steps or samples"):
+        from_dict(RunConfig, _raw(tmp_path, samples=100))
+    with pytest.raises(ValueError, match="loss.use_colbert is on but model.colbert is false"):
+        from_dict(RunConfig, dict(_raw(tmp_path), model={"path": "m", "colbert": False}))
+    with pytest.raises(ValueError, match=r"stages\.0\.optim\.lr: expected float"):
+        from_dict(RunConfig, _raw(tmp_path, optim={"lr": "fast"}))
+    raw = _raw(tmp_path)
+    raw["stages"].append(dict(raw["stages"][0]))
+    with pytest.raises(ValueError, match="used twice"):
+        from_dict(RunConfig, raw)
+
+
+def test_overrides_by_stage_name_and_yaml_values(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(json.dumps(_raw(tmp_path)))  # JSON is YAML
+    cfg = load_run_config(path, ["stages.s.optim.lr=2e-5", "stages.s.freeze=['^encoder\\.embeddings']",
+                                 "checkpoint.keep_last=5"])
+    assert cfg.stages[0].optim.lr == 2e-5 and cfg.checkpoint.keep_last == 5
+    assert cfg.stages[0].freeze == ["^encoder\\.embeddings"]
+    with pytest.raises(ValueError, match="no list item named 'nope'"):
+        load_run_config(path, ["stages.nope.steps=1"])
+
+
+def test_batch_plan_and_deepspeed_injection(tmp_path):
+    stage = from_dict(RunConfig, _raw(tmp_path, accumulation=2, data={
+        "manifest": "m", "buckets": {"edges": [500, 1000], "total_batch": {500: 64, 1000: 16}}})).stages[0]
+    plan = plan_batches(stage, world_size=4, manifest_edges=(500, 1000))
+    assert plan.micro_per_rank == {0: 8, 1: 2}                     # 64 / (4 ranks x 2 accumulation)
+    assert plan.global_batch == 64 and plan.global_batch_of(1) == 16
+    ds = resolve_ds_config(EngineConfig(deepspeed_config=str(REPO_ROOT / "ds_configs/zero3.json"), zero_stage=1),
+                           plan, OptimConfig(grad_clip=0.5), "fp32")
+    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == \
+        (64, 8, 2)
+    assert ds["zero_optimization"]["stage"] == 1 and ds["gradient_clipping"] == 0.5 and not ds["bf16"]["enabled"]
+    with pytest.raises(ValueError, match=r"not divisible by the 24 ranks.*world size 3 x accumulation 8"):
+        plan_batches(from_dict(RunConfig, _raw(tmp_path, accumulation=8, data={
+            "manifest": "m", "buckets": {"edges": [500], "total_batch": {500: 100}}})).stages[0], 3, (500,))
+    with pytest.raises(ValueError, match="differ from the manifest's length edges"):
+        plan_batches(stage, 4, (400, 1000))
+    bad = tmp_path / "ds.json"
+    bad.write_text(json.dumps({"zero_optimization": {"stage": 2, "reduce_bucket_size": "auto"}}))
+    with pytest.raises(ValueError, match="reduce_bucket_size is 'auto'"):
+        resolve_ds_config(EngineConfig(deepspeed_config=str(bad)), plan, OptimConfig(), "fp32")
+    bad.write_text(json.dumps({"train_batch_size": 32}))
+    with pytest.raises(ValueError, match=r"sets \['train_batch_size'\], which the run derives"):
+        resolve_ds_config(EngineConfig(deepspeed_config=str(bad)), plan, OptimConfig(), "fp32")
+
+
+def test_freeze_by_pattern(tiny_model_dir):
+    model, _ = load_m3(tiny_model_dir)
+    frozen = freeze(model, [r"encoder\.embeddings\.position_embeddings"])
+    assert frozen == ["encoder.embeddings.position_embeddings.weight"]
+    assert not model.encoder.embeddings.position_embeddings.weight.requires_grad
+    assert model.colbert_linear.weight.requires_grad
+    with pytest.raises(ValueError, match="matches no parameter"):
+        freeze(model, ["no_such_layer"])
+    with pytest.raises(ValueError, match="freeze every parameter"):
+        freeze(model, ["."])
+
+
+# ---- objective: split-batch and placeholder passages ------------------------------------------------
+def _batch(tokenizer, num_q: int, group: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    vocab = len(tokenizer)
+    q = torch.randint(5, vocab, (num_q, 12), generator=g)
+    p = torch.randint(5, vocab, (num_q * group, 20), generator=g)
+    q[:, 0] = p[:, 0] = tokenizer.cls_token_id
+    q_mask, p_mask = torch.ones_like(q), torch.ones_like(p)
+    p_mask[::3, 15:] = 0                                    # some padding, so sub-batches differ in length
+    return q, q_mask, p, p_mask
+
+
+def test_split_batch_equals_whole_batch(tiny_model_dir):
+    """Same loss and gradients with sub-batches of 3 under checkpointing (dropout off: with dropout the
+    masks are drawn per sub-batch, so they differ from the whole batch's as with any other layout)."""
+    results = []
+    for sub_batch in (None, 3):
+        torch.manual_seed(0)
+        model, tok = load_m3(tiny_model_dir)
+        objective = M3Objective(model, LossConfig.preset("reference"), sub_batch=sub_batch).eval()
+        torch.manual_seed(1)
+        terms = objective(*_batch(tok, 4, 2), group_size=2, step=0)
+        terms["loss"].backward()
+        results.append((terms["loss"].detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                                 if p.grad is not None}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=1e-6)
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 10
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_placeholder_passages_get_no_probability(tiny_model_dir):
+    """A query without negatives trains on in-batch negatives only: its placeholder columns vanish."""
+    torch.manual_seed(0)
+    model, tok = load_m3(tiny_model_dir)
+    model.eval()
+    q, q_mask, p, p_mask = _batch(tok, 3, 2)
+    valid = torch.ones(6, dtype=torch.bool)
+    valid[3] = False                                       # query 1's negative is a placeholder
+    cfg = LossConfig.preset("reference", use_sparse=False, use_colbert=False)
+    loss = M3Objective(model, cfg)(q, q_mask, p, p_mask, 2, 0, passage_valid_P=valid)["loss"]
+    with torch.no_grad():
+        scores_QP = model(q, q_mask).dense_BD @ model(p, p_mask).dense_BD.T / cfg.temperature
+    kept = valid.nonzero().squeeze(1)
+    expected = F.cross_entropy(scores_QP[:, kept], torch.tensor([0, 2, 3]))  # columns 0, 2, 4 among kept
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
+
+
+# ---- real DeepSpeed runs --------------------------------------------------------------------------------
+def test_kill_and_resume_continues_identically(tmp_path, tiny_model_dir, shards):
+    """SIGKILL after the first complete checkpoint, resume: the logged losses equal an uninterrupted run's.
+    Also: a NaN loss stops the run naming the step and the last good checkpoint."""
+    steps = 6
+    stage = run_config(tmp_path, tiny_model_dir, shards)["stages"][0]
+    stage["steps"] = steps
+    whole = run_config(tmp_path / "whole", tiny_model_dir, shards, stages=[stage])
+    nan_stage = dict(stage, name="exploding", optim={"lr": 1e30, "warmup_steps": 0, "grad_clip": 0.0})
+    exploding = run_config(tmp_path / "nan", tiny_model_dir, shards, stages=[nan_stage])
+    killed = run_config(tmp_path / "killed", tiny_model_dir, shards, stages=[stage])
+    spec = tmp_path / "killed.json"
+    spec.write_text(json.dumps([killed]))
+    proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "tests" / "train_scenarios.py"), str(spec)],
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = tmp_path / "killed" / "checkpoints" / "latest.json"
+    deadline = time.monotonic() + 300
+    while not latest.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert latest.exists(), "the run ended before writing a checkpoint"
+    stopped_at = json.loads(latest.read_text())["tag"]
+    _drive([whole, exploding, killed], tmp_path)
+    assert stopped_at != "step00000006", "killed too late to test anything"
+    expected, resumed = losses(tmp_path / "whole"), losses(tmp_path / "killed")
+    assert sorted(expected) == [("warmup", s) for s in range(1, steps + 1)]
+    assert resumed.keys() == expected.keys()
+    for key in expected:
+        assert resumed[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-7), key
+    assert len(set(expected.values())) > 1
+    error = (tmp_path / "nan" / "error.txt").read_text()
+    assert "NonFiniteLoss: non-finite loss at stage exploding, optimizer step" in error
+    assert "Last good checkpoint" in error and "on_nonfinite=skip" in error
+
+
+def test_two_ranks_zero_stages_mlflow_and_zero3_export(tmp_path, tiny_model_dir, shards):
+    """One 2-process gloo launch: ZeRO 0, 2, 3 give the same losses; a two-stage ZeRO-3 run is tracked in
+    MLflow (parent + nested runs, metrics, artifacts) and its export equals the ZeRO-0 one and loads in
+    FlagEmbedding with equal outputs."""
+    mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    stage = run_config(tmp_path, tiny_model_dir, shards)["stages"][0]
+    stage["steps"] = 3
+    second = dict(stage, name="unified", loss={"preset": "reference", "self_distill_start_step": 1})
+    specs = [run_config(tmp_path / f"zero{z}", tiny_model_dir, shards, stages=[stage, second], zero_stage=z,
+                        tracking_uri=mlflow_uri if z == 3 else None, name=f"zero{z}") for z in (0, 2, 3)]
+    _drive(specs, tmp_path, nproc=2)
+    base = losses(tmp_path / "zero0")
+    assert len(base) == 6 and len(set(base.values())) > 1
+    for z in (2, 3):
+        other = losses(tmp_path / f"zero{z}")
+        assert other.keys() == base.keys()
+        for key in base:
+            assert other[key] == pytest.approx(base[key], rel=1e-4, abs=1e-5), (z, key)
+    _check_mlflow(mlflow_uri)
+    _check_exports(tmp_path / "zero0" / "exports" / "unified", tmp_path / "zero3" / "exports" / "unified")
+
+
+def _check_mlflow(uri: str) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("m3-embedding").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].data.tags["world_size"] == "2"
+    assert parents[0].data.tags["git_commit"]
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
+    assert set(children) == {"warmup", "unified"}
+    unified = children["unified"]
+    assert unified.data.tags["zero_stage"] == "3" and unified.data.params["derived.global_batch"]
+    for name in ("loss", "dense_loss", "kd_loss", "lr", "tokens_per_s", "samples_per_s", "padding_efficiency",
+                 "bucket", "grad_norm"):
+        assert name in unified.data.metrics, name
+    assert len(client.get_metric_history(unified.info.run_id, "loss")) == 3
+    artifacts = {a.path for a in client.list_artifacts(unified.info.run_id)}
+    assert {"config", "model"} <= artifacts
+    model_files = {Path(a.path).name for a in client.list_artifacts(unified.info.run_id, "model")}
+    assert {"colbert_linear.pt", "sparse_linear.pt", "config.json"} <= model_files
+    assert any(a.path.endswith("config.yaml") for a in client.list_artifacts(parents[0].info.run_id, "config"))
+
+
+def _check_exports(zero0_dir: Path, zero3_dir: Path) -> None:
+    from FlagEmbedding import BGEM3FlagModel
+
+    from framework.inference import M3Embedder
+
+    texts = ["Debian package manager", "Paketverwaltung für Debian", "x"]
+    ours0 = M3Embedder.from_pretrained(zero0_dir).encode(texts, multi_vector=True)
+    ours3 = M3Embedder.from_pretrained(zero3_dir).encode(texts, multi_vector=True)
+    flag = BGEM3FlagModel(str(zero3_dir), use_fp16=False, devices="cpu").encode(
+        texts, return_dense=True, return_sparse=True, return_colbert_vecs=True)
+    # Six AdamW steps after gradients reduced in another order (ZeRO-3 vs plain data parallel): float drift.
+    torch.testing.assert_close(torch.tensor(ours3["dense_vecs"]), torch.tensor(ours0["dense_vecs"]),
+                               rtol=1e-3, atol=3e-4)
+    torch.testing.assert_close(torch.tensor(flag["dense_vecs"]), torch.tensor(ours3["dense_vecs"]),
+                               rtol=1e-5, atol=1e-5)
+    for a, b in zip(flag["colbert_vecs"], ours3["colbert_vecs"]):
+        torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=1e-5, atol=1e-5)
+    for a, b in zip(flag["lexical_weights"], ours3["lexical_weights"]):
+        assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-5 for k in a)
