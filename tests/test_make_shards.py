@@ -330,3 +330,56 @@ def test_cli_help_and_input_errors(tmp_path: Path) -> None:
         main([str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit, match="matches no files"):
         main([str(tmp_path / "*.jsonl"), "--out", str(tmp_path / "out")])
+
+
+# ---------------------------------------------------------------- plain documents (--kind text)
+
+
+def test_text_documents_from_txt_and_jsonl(tmp_path: Path, tokenizer_dir: Path) -> None:
+    docs = [", ".join(line.split(", ")[:1 + i % 6]) for i, line in enumerate(SAMPLE_LINES[:40])]
+    (tmp_path / "in").mkdir()
+    # Blank lines of a .txt file separate documents: they are not records.
+    (tmp_path / "in" / "web.txt").write_text("\n".join(docs[:20]) + "\n\n \n" + "\n".join(docs[20:25]) + "\n")
+    write_jsonl(tmp_path / "in" / "wudao.jsonl.gz", [{"content": d, "lang": "zh"} for d in docs[25:]]
+                + ["{broken", {"title": "no text"}])
+    common = dict(tokenizer=str(tokenizer_dir), pretokenize=True, max_length=40, length_edges=(12, 40),
+                  max_bad_fraction=0.1)
+    manifest = make_shards([tmp_path / "in"], quiet(tmp_path / "out", kind="text", **common))
+    assert manifest.samples_by_source() == {"web": 25, "wudao": 15}
+    assert (manifest.num_records, manifest.rejected) == (42, {"malformed_json": 1, "missing_field": 1})
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    bucket_by_path = {s.path: s.bucket for s in manifest.shards}
+    lengths = []
+    for key, sample in read_samples(manifest).items():
+        source, _, index = key.split("/")
+        text = docs[int(index) + (25 if source == "wudao" else 0)]
+        lang = {"lang": "zh"} if source == "wudao" else {}
+        assert json.loads(sample["json"]) == {"text": text, "source": source} | lang
+        (ids,) = decode_token_ids(sample["tok"])
+        assert ids.tolist() == tokenizer(text, truncation=True, max_length=40)["input_ids"]
+        assert bucket_by_path[Path(sample["__local_path__"]).name] == bucket_of(len(ids), (12, 40))
+        lengths.append(len(ids))
+    # The histogram is over document lengths, in the pair manifests' format.
+    assert list(manifest.length_counts) == [sum(n <= 12 for n in lengths), sum(n > 12 for n in lengths)]
+    assert all(manifest.length_counts) and manifest.fixed.get("truncated_tokens")
+    # Given as files, the same inputs are recognised as documents without --kind.
+    auto = make_shards([str(tmp_path / "in" / "web.txt"), str(tmp_path / "in" / "wudao.jsonl.gz")],
+                       quiet(tmp_path / "auto", **common))
+    assert tree_bytes(tmp_path / "auto") == tree_bytes(tmp_path / "out") and auto.num_samples == 40
+
+
+def test_text_kind_detection_and_mixed_inputs(tmp_path: Path) -> None:
+    pairs = write_jsonl(tmp_path / "in" / "pairs.jsonl", good_rows(3))
+    texts = write_jsonl(tmp_path / "texts.jsonl", [{"text": "one document"}, {"text": "another"}])
+    (tmp_path / "in" / "notes.txt").write_text("a note\n")
+    # A directory's .txt files are documents only with --kind text: pairs stay pairs by default.
+    assert make_shards([tmp_path / "in"], quiet(tmp_path / "a")).num_samples == 3
+    assert make_shards([texts], quiet(tmp_path / "b")).samples_by_source() == {"texts": 2}
+    with pytest.raises(ValueError, match=r"mix query/passage pairs .*pairs\.jsonl.* and plain documents .*notes\.txt"):
+        make_shards([tmp_path / "in" / "notes.txt", pairs], quiet(tmp_path / "c"))
+    with pytest.raises(ErrorBudgetExceeded, match="missing_field 3"):
+        make_shards([pairs], quiet(tmp_path / "d", kind="text"))
+    main([str(tmp_path / "in"), "--out", str(tmp_path / "e"), "--kind", "text", "--max-bad-fraction", "1",
+          "--progress-seconds", "1e9"])
+    mixed = load_manifest(tmp_path / "e" / "manifest.json")
+    assert mixed.samples_by_source() == {"notes": 1} and mixed.rejected == {"missing_field": 3}

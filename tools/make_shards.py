@@ -3,6 +3,7 @@
     python tools/make_shards.py data/*.jsonl.gz --out shards/ --tokenizer tok/ --pretokenize
     python tools/make_shards.py DIR --out shards/ --tokenizer tok/ --part $SLURM_ARRAY_TASK_ID --num-parts 64
     python tools/make_shards.py merge shards/manifest.json shards/manifest-part*.json
+    python tools/make_shards.py corpus/*.txt.gz --kind text --out text_shards/ --tokenizer tok/ --pretokenize
 
 Inputs are JSONL files (plain or .gz), directories (every *.jsonl and *.jsonl.gz below them) or globs,
 read in sorted order. Each record is validated by framework/data/records.py: bad records are counted by
@@ -12,6 +13,12 @@ one length bucket of one source. Lengths need --tokenizer; without one there is 
 default length edges are framework/data/buckets.py's DEFAULT_EDGES (the paper's Table 9 edges refined to
 grow by x1.1, for less padding); --length-edges 500,1000,2000,3000,4000,5000,6000,7000,8192 gives the
 paper's own.
+
+Kinds: query/passage pairs (the fine-tuning stages) or plain documents (--kind text, the RetroMAE stage:
+JSONL rows {"text": ...} or .txt/.txt.gz files with one document per line; framework/data/prepare/text.py).
+The default --kind auto takes .txt files as documents and looks at the first object of each JSONL file;
+inputs of both kinds in one run are refused. Directories are searched for .txt files only with --kind
+text. A document's length is its own token count; the manifest format is the same for both kinds.
 
 Source: --source if given, else the record's own "source", else the file name without .jsonl[.gz]
 (characters other than letters, digits, '_' and '-' become '_'). Language: --lang, else the record's.
@@ -39,7 +46,8 @@ if __package__ in (None, ""):
 from framework.data.buckets import DEFAULT_EDGES, PAPER_EDGES  # noqa: E402
 from framework.data.manifest import Manifest, RejectExample, merge_manifests, tokenizer_identity  # noqa: E402
 from framework.data.prepare.encode import EncodeConfig, Reject, Sample, ordered_results  # noqa: E402
-from framework.data.prepare.inputs import SPLITS, expand_inputs, part_chunks, part_files  # noqa: E402
+from framework.data.prepare.inputs import INPUT_SUFFIXES, SPLITS, expand_inputs, part_chunks, part_files  # noqa: E402
+from framework.data.prepare.text import KINDS, TEXT_SUFFIXES, resolve_kind  # noqa: E402
 from framework.data.prepare.writer import ShardSet  # noqa: E402
 from framework.data.records import SOURCE_PATTERN, RecordConfig  # noqa: E402
 
@@ -88,12 +96,16 @@ class ShardConfig:
     """Lines per worker task."""
     progress_seconds: float = 5.0
     """Seconds between progress lines."""
+    kind: str = "auto"
+    """"pairs", "text" (plain documents) or "auto" (from the inputs: .txt files and {"text": ...} rows)."""
 
     def __post_init__(self) -> None:
         if min(self.shard_size, self.shard_max_bytes, self.num_workers, self.chunk_size, self.num_parts) < 1:
             raise ValueError("shard_size, shard_max_bytes, num_workers, chunk_size and num_parts must be >= 1")
         if not 0 <= self.part < self.num_parts:
             raise ValueError(f"part={self.part} with num_parts={self.num_parts}: use 0 <= part < num_parts")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind={self.kind!r}: use {' or '.join(map(repr, KINDS))}")
         if self.split not in SPLITS:
             raise ValueError(f"split={self.split!r}: use {' or '.join(map(repr, SPLITS))}")
         if not 0 <= self.max_bad_fraction <= 1:
@@ -119,11 +131,11 @@ class ShardConfig:
     def token_limit(self) -> int:
         return self.max_length or self.edges[-1]
 
-    def encoding(self) -> EncodeConfig:
-        """The options the parse/tokenise workers need."""
+    def encoding(self, kind: str = "pairs") -> EncodeConfig:
+        """The options the parse/tokenise workers need, for records of the (resolved) `kind`."""
         limit = None if self.tokenizer is None else self.token_limit
         return EncodeConfig(self.source, self.lang, self.max_chars, self.tokenizer, self.pretokenize, limit,
-                            self.edges)
+                            self.edges, kind)
 
     def manifest_path(self) -> Path:
         name = "manifest.json" if self.num_parts == 1 else f"manifest-part{self.part:05d}-of-{self.num_parts:05d}.json"
@@ -188,16 +200,17 @@ def make_shards(inputs: list[str | Path], config: ShardConfig) -> Manifest:
 
     Raises ErrorBudgetExceeded (and deletes this run's shards) when too many records are rejected.
     """
-    files = expand_inputs(inputs)
+    files = expand_inputs(inputs, INPUT_SUFFIXES + TEXT_SUFFIXES if config.kind == "text" else INPUT_SUFFIXES)
+    kind = resolve_kind(config.kind, files)  # over all files, so that every part agrees
     mine = part_files(files, config.part, config.num_parts, config.split)
     tokenizer = None if config.tokenizer is None else tokenizer_identity(config.tokenizer, config.token_limit)
     config.out_dir.mkdir(parents=True, exist_ok=True)
-    print(f"part {config.part}/{config.num_parts}: {len(mine)} of {len(files)} input file(s) -> {config.out_dir}",
-          flush=True)
+    print(f"part {config.part}/{config.num_parts}: {len(mine)} of {len(files)} input file(s) of {kind} -> "
+          f"{config.out_dir}", flush=True)
     tally = Tally(config)
     shards = ShardSet(config.out_dir, config.part, config.shard_size, config.shard_max_bytes)
     chunks = part_chunks(mine, config.part, config.num_parts, config.split, config.chunk_size)
-    results = ordered_results(chunks, config.encoding(), mine, config.num_workers)
+    results = ordered_results(chunks, config.encoding(kind), mine, config.num_workers)
     try:
         for file_index, outcomes in results:
             for outcome in outcomes:
@@ -226,8 +239,11 @@ def make_shards(inputs: list[str | Path], config: ShardConfig) -> Manifest:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="+", help="JSONL files (.jsonl, .jsonl.gz), directories or globs")
+    parser.add_argument("inputs", nargs="+", help="JSONL files (.jsonl, .jsonl.gz), .txt files (--kind text), "
+                        "directories or globs")
     parser.add_argument("--out", required=True, type=Path, help="output directory for shards and manifest")
+    parser.add_argument("--kind", choices=KINDS, default="auto",
+                        help="pairs, text (one document per sample) or auto (from the inputs)")
     parser.add_argument("--source", help="source name for all records (default: record's, else file stem)")
     parser.add_argument("--lang", help="language tag for all records (default: the record's own)")
     parser.add_argument("--shard-size", type=int, default=10_000, help="samples per shard at most")

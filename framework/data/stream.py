@@ -103,6 +103,8 @@ Validate = Callable[[dict], dict]
 class PairStream(IterableDataset):
     """One epoch of batches for one rank."""
 
+    reader_class: type = None  # set below to _SlotReader; subclasses (the document stream) swap it
+
     def __init__(self, shards: list[ShardRef], cfg: StreamConfig, tokenizer, rank: int, world_size: int,
                  validate: Validate, state: StreamState = StreamState()):
         self.shards, self.cfg, self.tokenizer = shards, cfg, tokenizer
@@ -143,7 +145,7 @@ class PairStream(IterableDataset):
             return
         plan = self.plan(role)
         skip = done[role]
-        reader = _SlotReader(self, plan, role, skip)
+        reader = self.reader_class(self, plan, role, skip)
         for key in plan.schedule[skip:]:
             yield reader.next_batch(key)
 
@@ -286,3 +288,6 @@ class ResumableLoader:
                 self.state = StreamState(self.state.epoch, self.state.batches + 1)
                 yield batch
             self.state = StreamState(self.state.epoch + 1, 0)
+
+
+PairStream.reader_class = _SlotReader

@@ -11,11 +11,12 @@ import multiprocessing
 import os
 from collections import deque
 from dataclasses import dataclass, replace
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 from framework.data.buckets import bucket_of
 from framework.data.format import encode_token_ids
 from framework.data.prepare.inputs import Chunk, default_source
+from framework.data.prepare.text import TextRecord, is_text_file, parse_text_line, parse_text_row
 from framework.data.records import BadRecord, Record, RecordConfig, parse_record
 
 
@@ -37,6 +38,8 @@ class EncodeConfig:
     """Tokens per text after truncation (with a tokenizer)."""
     edges: tuple[int, ...] | None
     """Upper edges of the length buckets (with a tokenizer)."""
+    kind: str = "pairs"
+    """What the records are: "pairs" (query/passages, records.py) or "text" (documents, text.py)."""
 
 
 class Sample(NamedTuple):
@@ -79,16 +82,26 @@ def init_worker(config: EncodeConfig, files: list[str], pool_worker: bool = Fals
                              "tokenizer directory") from None
 
 
+def record_parser(kind: str, path: str) -> Callable[[bytes, RecordConfig], Record | TextRecord | None]:
+    """How one line of `path` becomes a record (None: a blank .txt line, which is no record)."""
+    if kind == "pairs":
+        return parse_record
+    return parse_text_line if is_text_file(path) else parse_text_row
+
+
 def process_chunk(chunk: Chunk) -> tuple[int, list[Sample | Reject]]:
     """Validate, tokenise and encode one chunk; outcomes are in line order."""
     config, files = _STATE["config"], _STATE["files"]
     default = config.source or default_source(files[chunk.file_index])
+    parse = record_parser(config.kind, files[chunk.file_index])
     parsed: list = []
     for line_no, raw in chunk.lines:
         try:
-            record = parse_record(raw, _STATE["record_config"])
+            record = parse(raw, _STATE["record_config"])
         except BadRecord as bad:
             parsed.append(Reject(line_no, bad.reason, bad.detail))
+            continue
+        if record is None:
             continue
         source = config.source or record.source or default
         parsed.append((line_no, replace(record, source=source, lang=config.lang or record.lang)))
@@ -98,7 +111,7 @@ def process_chunk(chunk: Chunk) -> tuple[int, list[Sample | Reject]]:
     return chunk.file_index, [item if isinstance(item, Reject) else next(encoded) for item in parsed]
 
 
-def tokenize(records: list[Record]) -> list[tuple[list[list[int]], int] | None]:
+def tokenize(records: list[Record | TextRecord]) -> list[tuple[list[list[int]], int] | None]:
     """Per record: (token ids per text, number of texts truncated), or None without a tokenizer."""
     tokenizer, config = _STATE["tokenizer"], _STATE["config"]
     if tokenizer is None:
@@ -121,7 +134,7 @@ def tokenize(records: list[Record]) -> list[tuple[list[list[int]], int] | None]:
     return out
 
 
-def encode(line_no: int, record: Record, tokens: tuple[list[list[int]], int] | None) -> Sample:
+def encode(line_no: int, record: Record | TextRecord, tokens: tuple[list[list[int]], int] | None) -> Sample:
     """The sample of a valid record: its JSON, bucket and (when pretokenizing) token ids."""
     config = _STATE["config"]
     payload = json.dumps(record.to_json(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")

@@ -1,8 +1,9 @@
 """Input side of shard preparation: the files to read, their lines, and the lines of one part.
 
-Inputs are JSONL files (plain or .gz), directories (every *.jsonl and *.jsonl.gz below them) or globs,
-read in sorted order. A run prepares one part of the input: every N-th line (split "lines": balanced, but
-every part reads all input) or every N-th file (split "files": no extra reading, for many input files).
+Inputs are JSONL files (plain or .gz), directories (every *.jsonl and *.jsonl.gz below them, plus *.txt
+and *.txt.gz when preparing plain documents) or globs, read in sorted order. A run prepares one part of
+the input: every N-th line (split "lines": balanced, but every part reads all input) or every N-th file
+(split "files": no extra reading, for many input files).
 """
 from __future__ import annotations
 
@@ -18,12 +19,12 @@ INPUT_SUFFIXES = (".jsonl", ".jsonl.gz")
 SPLITS = ("lines", "files")
 
 
-def expand_inputs(inputs: list[str | Path]) -> list[str]:
-    """Files from files, directories (*.jsonl, *.jsonl.gz below them) and globs; sorted, without repeats."""
+def expand_inputs(inputs: list[str | Path], suffixes: tuple[str, ...] = INPUT_SUFFIXES) -> list[str]:
+    """Files from files, directories (files ending in `suffixes` below them) and globs; sorted, no repeats."""
     found: dict[str, str] = {}
     for item in map(str, inputs):
         if os.path.isdir(item):
-            matches = [str(p) for p in Path(item).rglob("*") if p.is_file() and p.name.endswith(INPUT_SUFFIXES)]
+            matches = [str(p) for p in Path(item).rglob("*") if p.is_file() and p.name.endswith(suffixes)]
         elif glob.has_magic(item):
             matches = [m for m in glob.glob(item, recursive=True) if os.path.isfile(m)]
         elif os.path.isfile(item):
@@ -31,16 +32,16 @@ def expand_inputs(inputs: list[str | Path]) -> list[str]:
         else:
             raise ValueError(f"input {item} does not exist; pass JSONL files, directories or globs")
         if not matches:
-            raise ValueError(f"input {item} matches no files (directories are searched for {INPUT_SUFFIXES})")
+            raise ValueError(f"input {item} matches no files (directories are searched for {suffixes})")
         for match in matches:
             found.setdefault(os.path.abspath(match), match)
     return sorted(found.values())
 
 
 def default_source(path: str) -> str:
-    """The file name without .gz / .jsonl / .json, made a valid source name."""
+    """The file name without .gz / .jsonl / .json / .txt, made a valid source name."""
     name = Path(path).name
-    for suffix in (".gz", ".jsonl", ".json"):
+    for suffix in (".gz", ".jsonl", ".json", ".txt"):
         name = name.removesuffix(suffix)
     return re.sub(r"[^A-Za-z0-9_-]", "_", name) or "data"
 
