@@ -180,36 +180,73 @@ def test_placeholder_passages_get_no_probability(tiny_model_dir):
 
 
 # ---- real DeepSpeed runs --------------------------------------------------------------------------------
-def test_kill_and_resume_continues_identically(tmp_path, tiny_model_dir, shards):
-    """SIGKILL after the first complete checkpoint, resume: the logged losses equal an uninterrupted run's.
-    Also: a NaN loss stops the run naming the step and the last good checkpoint."""
-    steps = 6
-    stage = run_config(tmp_path, tiny_model_dir, shards)["stages"][0]
-    stage["steps"] = steps
-    whole = run_config(tmp_path / "whole", tiny_model_dir, shards, stages=[stage])
-    nan_stage = dict(stage, name="exploding", optim={"lr": 1e30, "warmup_steps": 0, "grad_clip": 0.0})
-    exploding = run_config(tmp_path / "nan", tiny_model_dir, shards, stages=[nan_stage])
-    killed = run_config(tmp_path / "killed", tiny_model_dir, shards, stages=[stage])
-    spec = tmp_path / "killed.json"
-    spec.write_text(json.dumps([killed]))
+@pytest.fixture(scope="module")
+def text_shards(tokenizer_dir: Path, tmp_path_factory) -> Path:
+    """Pre-tokenised document shards of the shipped multilingual sample (RetroMAE stage)."""
+    from tools.make_shards import main as make_shards
+
+    out = tmp_path_factory.mktemp("text_shards")
+    make_shards([str(REPO_ROOT / "data" / "multilingual_sample.txt"), "--kind", "text", "--out", str(out),
+                 "--tokenizer", str(tokenizer_dir), "--pretokenize", "--max-length", "128",
+                 "--progress-seconds", "1000"])
+    return out / "manifest.json"
+
+
+def _kill_at_checkpoint(config: dict, tmp_path: Path, stage: str) -> str:
+    """Start a run, SIGKILL it as soon as `stage` has a complete checkpoint; returns that checkpoint's tag."""
+    spec = tmp_path / f"{Path(config['output_dir']).name}.json"
+    spec.write_text(json.dumps([config]))
     proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "tests" / "train_scenarios.py"), str(spec)],
                             env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = tmp_path / "killed" / "checkpoints" / "latest.json"
+    latest = Path(config["output_dir"]) / "checkpoints" / "latest.json"
     deadline = time.monotonic() + 300
-    while not latest.exists() and proc.poll() is None and time.monotonic() < deadline:
+    while proc.poll() is None and time.monotonic() < deadline:
+        if latest.exists() and json.loads(latest.read_text())["stage"] == stage:
+            break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert latest.exists(), "the run ended before writing a checkpoint"
-    stopped_at = json.loads(latest.read_text())["tag"]
-    _drive([whole, exploding, killed], tmp_path)
-    assert stopped_at != "step00000006", "killed too late to test anything"
-    expected, resumed = losses(tmp_path / "whole"), losses(tmp_path / "killed")
-    assert sorted(expected) == [("warmup", s) for s in range(1, steps + 1)]
-    assert resumed.keys() == expected.keys()
-    for key in expected:
-        assert resumed[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-7), key
-    assert len(set(expected.values())) > 1
+    point = json.loads(latest.read_text())
+    assert point["stage"] == stage, f"the run ended before {stage} wrote a checkpoint"
+    return point["tag"]
+
+
+def test_curriculum_kill_and_resume_continues_identically(tmp_path, tiny_model_dir, shards, text_shards):
+    """RetroMAE then contrastive, SIGKILLed at a checkpoint of each stage and resumed: every logged loss
+    equals the uninterrupted run's. The contrastive stage (encoder frozen) keeps exactly the encoder the
+    RetroMAE stage exported. A NaN loss stops a run naming the step and the last good checkpoint."""
+    steps = 4
+    retromae = {"name": "retromae", "kind": "retromae", "steps": steps, "retromae": {"max_length": 128},
+                "data": {"manifest": str(text_shards), "passage_max_length": 128, "mix_sources": True,
+                         "buckets": {"tokens_per_rank": 1024}, "num_workers": 0, "shuffle_window": 16},
+                "optim": {"lr": 1e-3, "warmup_steps": 0}}
+    warmup = run_config(tmp_path, tiny_model_dir, shards)["stages"][0]
+    warmup.update(steps=steps, freeze=[r"^model\.encoder\."])
+    stages = [retromae, warmup]
+    whole = run_config(tmp_path / "whole", tiny_model_dir, shards, stages=stages)
+    nan_stage = dict(warmup, name="exploding", freeze=[], optim={"lr": 1e30, "warmup_steps": 0, "grad_clip": 0.0})
+    exploding = run_config(tmp_path / "nan", tiny_model_dir, shards, stages=[nan_stage])
+    killed = {stage: run_config(tmp_path / f"killed-{stage}", tiny_model_dir, shards, stages=stages)
+              for stage in ("retromae", "warmup")}
+    tags = {stage: _kill_at_checkpoint(cfg, tmp_path, stage) for stage, cfg in killed.items()}
+    assert all(tag != f"step{steps:08d}" for tag in tags.values()), f"killed too late to test anything: {tags}"
+    _drive([whole, exploding, *killed.values()], tmp_path)
+    expected = losses(tmp_path / "whole")
+    assert sorted(expected) == sorted((s, i) for s in ("retromae", "warmup") for i in range(1, steps + 1))
+    assert len(set(expected.values())) > 4
+    for stage in killed:
+        resumed = losses(tmp_path / f"killed-{stage}")
+        assert resumed.keys() == expected.keys()
+        for key in expected:
+            assert resumed[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-7), (stage, key)
+    adapted, _ = load_m3(tmp_path / "whole" / "exports" / "retromae")
+    final, _ = load_m3(tmp_path / "whole" / "exports" / "warmup")
+    start, _ = load_m3(tiny_model_dir)
+    final_state, start_state = final.encoder.state_dict(), start.encoder.state_dict()
+    changed = [k for k, v in adapted.encoder.state_dict().items() if not torch.equal(v, start_state[k])]
+    assert len(changed) > 10, "RetroMAE did not change the encoder"
+    for key, value in adapted.encoder.state_dict().items():
+        assert torch.equal(final_state[key], value), key
     error = (tmp_path / "nan" / "error.txt").read_text()
     assert "NonFiniteLoss: non-finite loss at stage exploding, optimizer step" in error
     assert "Last good checkpoint" in error and "on_nonfinite=skip" in error

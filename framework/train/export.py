@@ -14,7 +14,7 @@ from framework.model import M3Model, save_m3
 from framework.parallel import barrier, is_main
 
 
-def full_state_dict(model: M3Model) -> dict[str, torch.Tensor]:
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Full fp32 CPU tensors of every parameter and persistent buffer (rank 0; {} elsewhere)."""
     import deepspeed
     from deepspeed.utils import safe_get_full_fp32_param

@@ -4,7 +4,6 @@ Shape legend: Q queries, P passages, L tokens.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -14,17 +13,15 @@ import torch
 
 from framework.config import flatten, to_dict
 from framework.data.manifest import load_manifest
-from framework.data.stream import PairStream, ResumableLoader, StreamConfig
-from framework.model import load_m3
+from framework.data.stream import ResumableLoader, StreamConfig
 from framework.parallel import all_reduce_sum, is_main, rank, world_size
 from framework.tracking import NullTracker
 from framework.train.batching import BatchPlan, plan_batches
 from framework.train.checkpoint import Checkpoints, ResumePoint
-from framework.train.config import RunConfig, StageConfig
+from framework.train.config import RunConfig
 from framework.train.engine import build_engine, freeze, resolve_ds_config, resolve_precision
-from framework.train.export import export_bge_m3
 from framework.train.meter import Meter, progress_line
-from framework.train.objective import M3Objective
+from framework.train.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -46,27 +43,19 @@ class StageRun:
     # ---- construction -------------------------------------------------------------------------
     def build(self) -> None:
         stage, run = self.stage, self.run_cfg
-        # Fresh heads (a plain HF start) are initialised from the run seed, the same on every rank.
-        torch.manual_seed(run.seed + self.index)
-        model_cfg = dataclasses.replace(run.model, path=str(self.start_dir))
-        self.model, self.tokenizer = load_m3(self.start_dir, model_cfg)
         manifest = load_manifest(stage.data.manifest)
         self.plan: BatchPlan = plan_batches(stage, world_size(), manifest.length_edges)
-        self.objective = self._objective()
+        # Fresh parameters (heads of a plain HF start, a decoder) come from the run seed, alike on every rank.
+        torch.manual_seed(run.seed + self.index)
+        self.task = TASKS[stage.kind](run, stage, self.start_dir)
+        self.objective, self.tokenizer = self.task.objective, self.task.tokenizer
         self.frozen = freeze(self.objective, stage.freeze)
         self.precision = resolve_precision(run.engine.precision)
         self.ds_config = resolve_ds_config(run.engine, self.plan, stage.optim, self.precision)
         self.engine, self.optimizer, self.scheduler = build_engine(self.objective, stage.optim, self.plan,
                                                                    self.ds_config)
+        self.task.after_engine(self.ds_config["zero_optimization"].get("stage", 0))
         self.loader = self._loader()
-
-    def _objective(self) -> torch.nn.Module:
-        stage = self.stage
-        if stage.kind != "contrastive":
-            raise ValueError(f"stages.{stage.name}.kind={stage.kind!r} is not available in this build")
-        return M3Objective(self.model, stage.loss_config(), stage.split_batch.sub_batch,
-                           stage.split_batch.sub_batch_tokens, gather_dense=stage.gather.dense,
-                           rescale_grad=stage.gather.rescale_grad)
 
     def _loader(self) -> ResumableLoader:
         data, stage = self.stage.data, self.stage
@@ -79,8 +68,12 @@ class StageRun:
         if stage.kind == "contrastive" and data.group_size == 1 and not stage.gather.dense and \
                 min(self.plan.micro_per_rank.values()) < 2:
             raise ValueError(f"stages.{stage.name}: group size 1, one query per rank and no gather: no negatives")
-        return ResumableLoader(lambda state: PairStream.from_manifest(data.manifest, cfg, self.tokenizer, rank(),
-                                                                      world_size(), state))
+        stream_class = self.task.stream_class
+        # DataLoader draws a base seed when an iterator starts; from its own generator it leaves the global
+        # RNG (dropout) alone, so a resumed run's dropout draws match the uninterrupted run's.
+        return ResumableLoader(lambda state: stream_class.from_manifest(data.manifest, cfg, self.tokenizer, rank(),
+                                                                        world_size(), state),
+                               generator=torch.Generator().manual_seed(cfg.seed))
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> Path:
@@ -91,10 +84,10 @@ class StageRun:
             self.loader.load_state_dict(client["data"])
             log.info("resumed stage %s at step %d from %s", self.stage.name, self.step, self.resume.path)
         self._start_tracking()
+        self.engine.train()  # from_pretrained leaves modules in eval mode: dropout must be on for training
         self._train()
         self.save_checkpoint()
-        export = self.checkpoints.export_dir(self.stage.name)
-        export_bge_m3(self.model, self.tokenizer, export)
+        export = self.task.export(self.checkpoints.export_dir(self.stage.name))
         self.tracker.log_artifact(export, "model")
         return export
 
@@ -121,11 +114,7 @@ class StageRun:
                 self.save_checkpoint()
 
     def _micro_step(self, batch, meter: Meter) -> None:
-        device = self.engine.device
-        teacher = batch.teacher_scores_QG.to(device) if batch.teacher_scores_QG is not None else None
-        terms = self.engine(batch.q_ids_QL.to(device), batch.q_mask_QL.to(device), batch.p_ids_PL.to(device),
-                            batch.p_mask_PL.to(device), batch.group_size, self.micro_step, teacher,
-                            batch.passage_valid_P.to(device))
+        terms = self.engine(*self.task.arguments(batch, self.engine.device, self.micro_step))
         loss = terms["loss"]
         finite = all_reduce_sum(torch.tensor([float(torch.isfinite(loss.detach()).all())]))
         if float(finite[0]) < world_size():
@@ -134,7 +123,7 @@ class StageRun:
         self.engine.backward(loss)
         self.engine.step()
         self.micro_step += 1
-        meter.add({k: float(v.detach()) for k, v in terms.items()}, batch.q_ids_QL.shape[0], batch.num_tokens,
+        meter.add({k: float(v.detach()) for k, v in terms.items()}, self.task.num_samples(batch), batch.num_tokens,
                   batch.num_padded_tokens, int(batch.stream[1]), batch.stats)
 
     def _non_finite(self, batch, meter: Meter) -> None:
