@@ -20,7 +20,7 @@ from tools.build_ddtp import SAMPLE_DIR, load_descriptions, parse_args, prepare
 from tools.ddtp.export import beir_from_rows, read_beir, read_jsonl_gz
 from tools.ddtp.fetch import (decompress, find_translation_files, read_translation, translation_language,
                               write_apt_config)
-from tools.ddtp.mine import BM25Index, tokenize
+from tools.ddtp.mine import build_index, tokenize
 from tools.ddtp.negatives import mine_train
 from tools.ddtp.pairs import SPLITS, Pair, all_pairs, assign_splits, group_md5s, index_by_md5, split_of
 from tools.ddtp.parse import parse_translation
@@ -333,8 +333,8 @@ def test_crosslingual_negatives_are_english_and_exclude_the_positive():
 
 def test_bm25_ranks_the_matching_document_first():
     docs = [p.pos for p in sample_train_pairs("en")[:40]]
-    index = BM25Index(docs, "en")
-    scores = index.scores(["gdbm database key data pairs", docs[7][:200]])
+    index = build_index(docs, "en")
+    scores = index.batch_scores([tokenize(q, "en") for q in ["gdbm database key data pairs", docs[7][:200]]])
     assert scores.shape == (2, 40) and scores[1].argmax() == 7
 
 

@@ -11,7 +11,8 @@ from transformers import AutoTokenizer
 
 from framework.inference import M3Embedder
 from framework.retrieval import BM25Config, BM25Index, DenseIndex
-from tools.mine_hard_negatives import MiningConfig, main, mine, state_path_of
+from tools.mine_hard_negatives import main
+from tools.mining import MiningConfig, mine, state_path_of
 
 NUM_ROWS = 80
 CHUNK = 16

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
+import framework.retrieval.bm25 as bm25_module
 from framework.retrieval import (MISSING_ID, BM25Config, BM25Index, DenseIndex, DenseIndexConfig, gpu_count,
                                  tokenize, top_k)
 
@@ -152,6 +153,20 @@ def test_bm25_scores_follow_the_lucene_formula(tokenizer) -> None:
         scores_QK, ids_QK = index.search_tokens([query], 5)
         ranked = [int(i) for i in np.argsort(-np.asarray(expected), kind="stable") if expected[i] > 0]
         assert ids_QK[0, :len(ranked)].tolist() == ranked
+
+
+def test_bm25_batches_score_each_query_as_alone(tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
+    index = BM25Index.build(CORPUS, tokenizer)
+    queries = tokenize(["the cat near quarks", "door door dog", "", "Uzbekistan", "cat mat"], tokenizer, 512)
+    scores_QN = index.batch_scores(queries)
+    assert scores_QN.shape == (5, len(CORPUS)) and scores_QN.dtype == np.float32
+    for query, scores_N in zip(queries, scores_QN):
+        np.testing.assert_array_equal(index.batch_scores([query] * 3)[1], scores_N)
+    whole_QK = index.search_tokens(queries, 4)
+    # Room for two queries' scores at a time: 5 queries cross two batch seams.
+    monkeypatch.setattr(bm25_module, "_SCORES_PER_BATCH", 2 * len(CORPUS))
+    for whole, batched in zip(whole_QK, index.search_tokens(queries, 4)):
+        np.testing.assert_array_equal(whole, batched)
 
 
 def test_bm25_tokens_exclude_specials_and_respect_the_length(tokenizer) -> None:

@@ -37,9 +37,7 @@ if __package__ in (None, ""):
 
 from framework.retrieval import DenseIndexConfig  # noqa: E402
 from framework.retrieval.dense import DEVICES, INDEX_KINDS  # noqa: E402
-from tools.mining import METHODS, MiningConfig, MiningReport, mine, state_path_of  # noqa: E402
-
-__all__ = ["MiningConfig", "MiningReport", "main", "mine", "state_path_of"]
+from tools.mining import METHODS, MiningConfig, MiningReport, mine  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> MiningReport:

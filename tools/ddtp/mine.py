@@ -1,11 +1,12 @@
 """BM25 hard-negative mining within one language's train pool.
 
-Shapes: Q = queries in a batch, D = documents in the pool, V = vocabulary size.
+Shapes: Q = queries in a batch, D = documents in the pool.
 
-The index is a sparse D x V matrix of BM25 term weights; a batch of queries is a sparse Q x V matrix of
-term counts, so scoring a batch is one sparse product (scipy) instead of a Python loop per document.
-Negatives come from ranks [lo, hi) of each query's ranking after removing its positives: the top ranks
-of Debian descriptions are mostly sibling packages (foo, foo-data, foo-doc) that say the same thing.
+The index is framework.retrieval's BM25Index over this module's word / bigram tokens (not the model's
+tokenizer: the corpus is built before any model exists), with Okapi's k1 1.5 and b 0.75; it scores a
+batch of queries in one sparse product. Negatives come from ranks [lo, hi) of each query's ranking
+after removing its positives: the top ranks of Debian descriptions are mostly sibling packages (foo,
+foo-data, foo-doc) that say the same thing.
 """
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ import re
 import time
 
 import numpy as np
-import scipy.sparse as sp
+
+from framework.retrieval import BM25Config, BM25Index
 
 # Languages written without spaces between words: BM25 over character bigrams instead of words.
 UNSPACED_LANGS = ("zh_CN", "zh_TW", "ja", "ko")
 _WORD = re.compile(r"\w+")
 _ASCII = re.compile(r"^[0-9a-z_]+$")
+# Okapi's usual parameters rather than Pyserini's 0.9 / 0.4: the values DDTP's negatives were first mined with.
+DDTP_BM25 = BM25Config(k1=1.5, b=0.75)
 
 
 def tokenize(text: str, lang: str) -> list[str]:
@@ -36,45 +40,9 @@ def tokenize(text: str, lang: str) -> list[str]:
     return tokens
 
 
-class BM25Index:
-    """Okapi BM25 (k1, b) over a fixed list of documents of one language."""
-
-    def __init__(self, docs: list[str], lang: str, k1: float = 1.5, b: float = 0.75) -> None:
-        self.lang = lang
-        self.vocab: dict[str, int] = {}
-        rows, cols, counts = [], [], []
-        for row, doc in enumerate(docs):
-            tokens = tokenize(doc, lang)
-            ids, tf = np.unique([self.vocab.setdefault(t, len(self.vocab)) for t in tokens], return_counts=True)
-            rows.extend([row] * len(ids))
-            cols.extend(ids.tolist())
-            counts.extend(tf.tolist())
-        tf_DV = sp.csr_matrix((np.asarray(counts, np.float32), (rows, cols)),
-                              shape=(len(docs), max(len(self.vocab), 1)), dtype=np.float32)
-        length_D = np.asarray(tf_DV.sum(axis=1)).ravel()
-        df_V = np.bincount(tf_DV.indices, minlength=tf_DV.shape[1])
-        idf_V = np.log1p((len(docs) - df_V + 0.5) / (df_V + 0.5)).astype(np.float32)
-        norm_D = k1 * (1 - b + b * length_D / max(float(length_D.mean()) if len(docs) else 1.0, 1e-9))
-        weights_DV = tf_DV.tocoo()
-        tf = weights_DV.data
-        weights_DV.data = idf_V[weights_DV.col] * tf * (k1 + 1) / (tf + norm_D[weights_DV.row])
-        # Kept as V x D so that scoring a batch is one sparse product, queries_QV @ weights_VD.
-        self.weights_VD = weights_DV.T.tocsr()
-        self.num_docs = len(docs)
-
-    def query_matrix(self, queries: list[str]) -> sp.csr_matrix:
-        """Q x V term counts; terms not in the pool's vocabulary cannot score and are dropped."""
-        rows, cols = [], []
-        for row, query in enumerate(queries):
-            ids = [self.vocab[t] for t in tokenize(query, self.lang) if t in self.vocab]
-            rows.extend([row] * len(ids))
-            cols.extend(ids)
-        data = np.ones(len(rows), np.float32)
-        return sp.csr_matrix((data, (rows, cols)), shape=(len(queries), self.weights_VD.shape[0]))
-
-    def scores(self, queries: list[str]) -> np.ndarray:
-        """Dense Q x D BM25 scores."""
-        return (self.query_matrix(queries) @ self.weights_VD).toarray()
+def build_index(docs: list[str], lang: str) -> BM25Index:
+    """BM25 over the tokens of one language's pool; document ids are positions in `docs`."""
+    return BM25Index([tokenize(doc, lang) for doc in docs], DDTP_BM25)
 
 
 def ranked_candidates(scores_D: np.ndarray, exclude: set[int], depth: int) -> np.ndarray:
@@ -111,17 +79,17 @@ def pick_negatives(ranked: np.ndarray, rank_range: tuple[int, int], num_neg: int
     return window[chosen]
 
 
-def rank_pool(index: BM25Index, queries: list[str], exclude: list[set[int]], depth: int,
+def rank_pool(index: BM25Index, query_tokens: list[list[str]], exclude: list[set[int]], depth: int,
               batch_size: int = 256, label: str = "") -> list[np.ndarray]:
-    """Each query's `depth` best pool indices (its `exclude` set removed), batch by batch."""
-    if len(queries) != len(exclude):
-        raise ValueError(f"{len(queries)} queries but {len(exclude)} exclusion sets; pass one set per query")
+    """Each tokenised query's `depth` best pool indices (its `exclude` set removed), batch by batch."""
+    if len(query_tokens) != len(exclude):
+        raise ValueError(f"{len(query_tokens)} queries but {len(exclude)} exclusion sets; pass one set per query")
     ranked: list[np.ndarray] = []
     start = time.monotonic()
-    for num_batch, begin in enumerate(range(0, len(queries), batch_size)):
-        scores_QD = index.scores(queries[begin:begin + batch_size])
+    for num_batch, begin in enumerate(range(0, len(query_tokens), batch_size)):
+        scores_QD = index.batch_scores(query_tokens[begin:begin + batch_size])
         ranked.extend(ranked_candidates(scores_D, exclude[begin + i], depth) for i, scores_D in enumerate(scores_QD))
-        if len(ranked) == len(queries) or num_batch % 20 == 19:
-            print(f"  ranked {label} {len(ranked)}/{len(queries)} queries against {index.num_docs} documents "
+        if len(ranked) == len(query_tokens) or num_batch % 20 == 19:
+            print(f"  ranked {label} {len(ranked)}/{len(query_tokens)} queries against {index.num_docs} documents "
                   f"({time.monotonic() - start:.0f}s)", flush=True)
     return ranked

@@ -14,7 +14,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from tools.ddtp.mine import BM25Index, pick_negatives, query_rng, rank_pool
+from tools.ddtp.mine import build_index, pick_negatives, query_rng, rank_pool, tokenize
 from tools.ddtp.pairs import PIVOT, Pair
 
 # Extra ranking depth beyond the rank range, so that removing cross-lingual exclusions cannot empty it.
@@ -41,10 +41,11 @@ def _rank_language(pairs: list[Pair], wanted: set[str] | None, depth: int,
     index_of = {text: i for i, text in enumerate(pool)}
     positives = positives_of_query(pairs, index_of)
     todo = [p for p in pairs if wanted is None or p.md5 in wanted]
-    lang = pairs[0].lang if pairs else ""
-    index = BM25Index(pool, lang)
-    ranked = rank_pool(index, [p.query for p in todo], [positives[p.query] for p in todo], depth,
-                       batch_size=batch_size, label=lang)
+    if not todo:
+        return pool, {}
+    lang = todo[0].lang
+    ranked = rank_pool(build_index(pool, lang), [tokenize(p.query, lang) for p in todo],
+                       [positives[p.query] for p in todo], depth, batch_size=batch_size, label=lang)
     return pool, {p.md5: r for p, r in zip(todo, ranked)}
 
 

@@ -1,0 +1,127 @@
+"""Input rows and candidate pools: parsing a JSONL line, rendering it back, and the pool of passages."""
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from tools.mining.config import BadRow, MiningConfig, MiningReport
+
+CORPUS_JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
+
+
+def text_ok(value) -> bool:
+    """A usable passage: a non-blank string that can be written as UTF-8 (json allows lone surrogates)."""
+    if not isinstance(value, str) or not value.strip():
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def parse_row(raw: bytes) -> tuple[dict, list[str]]:
+    """(row, positives) of one input line; raises BadRow naming what is wrong."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise BadRow("non_utf8", f"invalid UTF-8 byte at offset {error.start}") from None
+    if not text.strip():
+        raise BadRow("blank_line", "no JSON on this line")
+    try:
+        row = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as error:
+        raise BadRow("malformed_json", getattr(error, "msg", "nesting too deep")) from None
+    if not isinstance(row, dict):
+        raise BadRow("not_an_object", f"a JSON {type(row).__name__}, need an object with query and pos")
+    for name in ("query", "pos"):
+        if name not in row:
+            raise BadRow("missing_field", f"no {name!r}")
+    pos = [row["pos"]] if isinstance(row["pos"], str) else row["pos"]
+    if not isinstance(row["query"], str) or not isinstance(pos, list) or not all(isinstance(p, str) for p in pos):
+        raise BadRow("wrong_type", "query must be a string and pos a list of strings")
+    if not row["query"].strip():
+        raise BadRow("empty_text", "query is empty")
+    if not text_ok(row["query"]):
+        raise BadRow("non_utf8", "query holds a lone surrogate escape, which UTF-8 cannot encode")
+    pos = [p for p in pos if text_ok(p)]
+    if not pos:
+        raise BadRow("no_positive", "pos holds no non-empty passage")
+    return row, pos
+
+
+def render_row(row: dict, negatives: list[str], report: MiningReport) -> bytes:
+    """The row with `neg` replaced (in place when present, else appended) and stale neg_scores dropped."""
+    out = dict(row)
+    if "neg_scores" in out:
+        del out["neg_scores"]
+        report.num_neg_scores_dropped += 1
+    out["neg"] = negatives
+    try:
+        return json.dumps(out, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate escape in some other field: keep it escaped, as the input had it.
+        return json.dumps(out).encode("ascii")
+
+
+def iter_lines(path: Path) -> Iterator[bytes]:
+    """Raw lines without their newline; .gz files are decompressed."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        for line in handle:
+            yield line[:-1] if line.endswith(b"\n") else line
+
+
+class Pool:
+    """Distinct candidate passages; duplicates are found after stripping surrounding whitespace."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.id_of: dict[str, int] = {}
+
+    def add(self, text: str) -> None:
+        if text_ok(text) and text.strip() not in self.id_of:
+            self.id_of[text.strip()] = len(self.texts)
+            self.texts.append(text)
+
+    def ids_of(self, texts: list[str]) -> set[int]:
+        return {self.id_of[t.strip()] for t in texts if t.strip() in self.id_of}
+
+
+def scan_input(path: Path, config: MiningConfig, fill_pool: bool) -> tuple[int, Pool]:
+    """(line count, pool of the file's positives) in one pass; bad rows are counted later."""
+    pool, num_lines = Pool(), 0
+    for raw in iter_lines(path):
+        num_lines += 1
+        if not fill_pool:
+            continue
+        try:
+            row, pos = parse_row(raw)
+        except BadRow:
+            continue
+        old_neg = row.get("neg") if config.pool_with_neg else None
+        for text in pos + (old_neg if isinstance(old_neg, list) else [old_neg]):
+            pool.add(text)
+    return num_lines, pool
+
+
+def read_corpus(path: Path, report: MiningReport) -> Pool:
+    """Pool from --corpus: JSONL strings or {"text": ...} objects, or plain lines; bad lines are counted."""
+    pool, is_jsonl = Pool(), path.name.endswith(CORPUS_JSONL_SUFFIXES)
+    for raw in iter_lines(path):
+        try:
+            text = raw.decode("utf-8")
+            item = json.loads(text) if is_jsonl else text.removesuffix("\r")
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            report.corpus_bad["unreadable"] = report.corpus_bad.get("unreadable", 0) + 1
+            continue
+        item = item.get("text") if isinstance(item, dict) else item
+        if not text_ok(item):
+            report.corpus_bad["no_text"] = report.corpus_bad.get("no_text", 0) + 1
+            continue
+        pool.add(item)
+    if not pool.texts:
+        raise ValueError(f"corpus {path} holds no usable passage; give one passage per line (or JSONL with 'text')")
+    return pool
