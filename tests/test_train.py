@@ -192,8 +192,9 @@ def text_shards(tokenizer_dir: Path, tmp_path_factory) -> Path:
     return out / "manifest.json"
 
 
-def _kill_at_checkpoint(config: dict, tmp_path: Path, stage: str) -> str:
-    """Start a run, SIGKILL it as soon as `stage` has a complete checkpoint; returns that checkpoint's tag."""
+def _kill_at_checkpoint(config: dict, tmp_path: Path, stage: str, sig: int = signal.SIGKILL) -> str:
+    """Start a run, send `sig` as soon as `stage` has a complete checkpoint; returns the tag it stopped at.
+    SIGUSR1 is SLURM's preemption notice: the run must checkpoint at the next step and exit 75."""
     spec = tmp_path / f"{Path(config['output_dir']).name}.json"
     spec.write_text(json.dumps([config]))
     proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "tests" / "train_scenarios.py"), str(spec)],
@@ -204,16 +205,17 @@ def _kill_at_checkpoint(config: dict, tmp_path: Path, stage: str) -> str:
         if latest.exists() and json.loads(latest.read_text())["stage"] == stage:
             break
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.send_signal(sig)
+    code = proc.wait(timeout=300)
+    assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 75), code
     point = json.loads(latest.read_text())
     assert point["stage"] == stage, f"the run ended before {stage} wrote a checkpoint"
     return point["tag"]
 
 
 def test_curriculum_kill_and_resume_continues_identically(tmp_path, tiny_model_dir, shards, text_shards):
-    """RetroMAE then contrastive, SIGKILLed at a checkpoint of each stage and resumed: every logged loss
-    equals the uninterrupted run's. The contrastive stage (encoder frozen) keeps exactly the encoder the
+    """RetroMAE then contrastive, stopped in each stage (SIGKILL in RetroMAE, SLURM's SIGUSR1 preemption
+    notice in the contrastive stage) and resumed: every logged loss equals the uninterrupted run's. The contrastive stage (encoder frozen) keeps exactly the encoder the
     RetroMAE stage exported. A NaN loss stops a run naming the step and the last good checkpoint."""
     steps = 4
     retromae = {"name": "retromae", "kind": "retromae", "steps": steps, "retromae": {"max_length": 128},
@@ -228,7 +230,8 @@ def test_curriculum_kill_and_resume_continues_identically(tmp_path, tiny_model_d
     exploding = run_config(tmp_path / "nan", tiny_model_dir, shards, stages=[nan_stage])
     killed = {stage: run_config(tmp_path / f"killed-{stage}", tiny_model_dir, shards, stages=stages)
               for stage in ("retromae", "warmup")}
-    tags = {stage: _kill_at_checkpoint(cfg, tmp_path, stage) for stage, cfg in killed.items()}
+    tags = {"retromae": _kill_at_checkpoint(killed["retromae"], tmp_path, "retromae"),
+            "warmup": _kill_at_checkpoint(killed["warmup"], tmp_path, "warmup", signal.SIGUSR1)}
     assert all(tag != f"step{steps:08d}" for tag in tags.values()), f"killed too late to test anything: {tags}"
     _drive([whole, exploding, *killed.values()], tmp_path)
     expected = losses(tmp_path / "whole")

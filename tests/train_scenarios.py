@@ -48,16 +48,23 @@ def main(spec_path: str) -> None:
     from framework.parallel import init_distributed, is_main, shutdown
     from framework.tracking import make_tracker
     from framework.train.config import RunConfig
+    from framework.train.preemption import Preempted, PreemptionWatch
+    from framework.train.run import PREEMPTED_EXIT
     from framework.train.trainer import Trainer
 
     init_distributed()
+    watch = PreemptionWatch()
     try:
         for raw in json.loads(Path(spec_path).read_text()):
             cfg = from_dict(RunConfig, raw)
             tracker = make_tracker(cfg.tracking.enabled, is_main(), cfg.tracking.uri, cfg.tracking.experiment,
                                    Path(cfg.output_dir))
             try:
-                Trainer(cfg, tracker).train()
+                Trainer(cfg, tracker, preemption=watch).train()
+            except Preempted:
+                tracker.close("KILLED")
+                shutdown()
+                sys.exit(PREEMPTED_EXIT)
             except Exception as err:  # recorded for the test to check; the next run still goes
                 if is_main():
                     (Path(cfg.output_dir) / "error.txt").write_text(f"{type(err).__name__}: {err}")

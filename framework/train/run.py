@@ -13,7 +13,12 @@ from pathlib import Path
 from framework.parallel import detect_env, init_distributed, is_main, shutdown
 from framework.tracking import make_tracker
 from framework.train.config import load_run_config
+from framework.train.preemption import Preempted, PreemptionWatch, requeue_slurm_job
 from framework.train.trainer import Trainer
+
+
+# Exit status of a run that stopped at a checkpoint on a preemption signal (sysexits' EX_TEMPFAIL).
+PREEMPTED_EXIT = 75
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,15 +40,22 @@ def run(args: argparse.Namespace) -> int:
     init_distributed(detect_env(), cfg.engine.backend)
     tracker = make_tracker(cfg.tracking.enabled, is_main(), cfg.tracking.uri, cfg.tracking.experiment,
                            Path(cfg.output_dir))
-    status = "FAILED"
+    status, watch = "FAILED", PreemptionWatch()
     try:
-        export = Trainer(cfg, tracker, evaluate=_stage_evaluator()).train()
+        export = Trainer(cfg, tracker, evaluate=_stage_evaluator(), preemption=watch).train()
         status = "FINISHED"
         if is_main():
             print(f"done: final model {export}", flush=True)
             if tracker.tracking_uri:
                 print(f"compare runs: mlflow ui --backend-store-uri {tracker.tracking_uri}", flush=True)
+    except Preempted as stop:
+        status = "KILLED"
+        if is_main():
+            print(f"preempted: {stop}", flush=True)
+            requeue_slurm_job()
+        return PREEMPTED_EXIT
     finally:
+        watch.close()
         tracker.close(status)
         shutdown()
     return 0

@@ -21,6 +21,7 @@ from framework.train.checkpoint import Checkpoints, ResumePoint
 from framework.train.config import RunConfig
 from framework.train.engine import build_engine, freeze, resolve_ds_config, resolve_precision
 from framework.train.meter import Meter, progress_line
+from framework.train.preemption import Preempted, PreemptionWatch
 from framework.train.tasks import TASKS
 
 log = logging.getLogger(__name__)
@@ -34,11 +35,12 @@ class StageRun:
     """Everything one stage needs; `run()` trains it to the end and returns the export directory."""
 
     def __init__(self, run: RunConfig, index: int, start_dir: Path, tracker: NullTracker,
-                 checkpoints: Checkpoints, resume: ResumePoint | None):
+                 checkpoints: Checkpoints, resume: ResumePoint | None, preemption: PreemptionWatch | None = None):
         self.run_cfg, self.index, self.stage = run, index, run.stages[index]
         self.start_dir, self.tracker, self.checkpoints, self.resume = start_dir, tracker, checkpoints, resume
         self.step = self.micro_step = 0
         self.last_checkpoint: Path | None = resume.path if resume else None
+        self.preemption = preemption
 
     # ---- construction -------------------------------------------------------------------------
     def build(self) -> None:
@@ -110,6 +112,10 @@ class StageRun:
                     print(progress_line(self.stage.name, self.step, self.plan.steps, metrics,
                                         time.monotonic() - start, self.step - start_step), flush=True)
             every_ckpt = self.run_cfg.checkpoint.every_steps
+            if self.preemption is not None and self.preemption.requested():
+                self.save_checkpoint()
+                raise Preempted(f"stage {self.stage.name} stopped at step {self.step}; checkpoint "
+                                f"{self.last_checkpoint}")
             if every_ckpt and self.step % every_ckpt == 0 and self.step < self.plan.steps:
                 self.save_checkpoint()
 

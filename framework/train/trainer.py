@@ -17,6 +17,7 @@ from framework.parallel import barrier, broadcast_object, is_main, world_size
 from framework.tracking import NullTracker
 from framework.train.checkpoint import Checkpoints, ResumePoint
 from framework.train.config import RunConfig
+from framework.train.preemption import Preempted
 from framework.train.stage import StageRun
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,8 @@ def git_commit() -> str:
 class Trainer:
     """Runs a RunConfig's stages; `evaluate` (optional) is called with (stage, export_dir, tracker)."""
 
-    def __init__(self, cfg: RunConfig, tracker: NullTracker, evaluate=None):
-        self.cfg, self.tracker, self.evaluate = cfg, tracker, evaluate
+    def __init__(self, cfg: RunConfig, tracker: NullTracker, evaluate=None, preemption=None):
+        self.cfg, self.tracker, self.evaluate, self.preemption = cfg, tracker, evaluate, preemption
         self.output_dir = Path(cfg.output_dir)
         self.checkpoints = Checkpoints(self.output_dir, cfg.checkpoint.keep_last)
 
@@ -78,10 +79,14 @@ class Trainer:
             start = time.monotonic()
             status = "FAILED"
             try:
-                export = StageRun(self.cfg, index, start_dir, self.tracker, self.checkpoints, resume).run()
+                export = StageRun(self.cfg, index, start_dir, self.tracker, self.checkpoints, resume,
+                                  self.preemption).run()
                 if self.evaluate is not None and stage.evaluate.benchmark:
                     self.evaluate(stage, export, self.tracker)
                 status = "FINISHED"
+            except Preempted:
+                status = "KILLED"
+                raise
             finally:
                 self.tracker.end_stage(status)
             self.checkpoints.mark_stage_done(stage.name, {"export": str(export),
