@@ -22,6 +22,8 @@ setup(
         "faiss-cpu>=1.8",
         "bm25s>=0.3",
         "scipy>=1.10",
+        # Retrieval metrics (nDCG, recall, MRR) through trec_eval's own code.
+        "pytrec-eval-terrier>=0.5.6",
         "numpy>=1.24",
         "pyyaml>=6",
         "tqdm>=4.66",

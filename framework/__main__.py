@@ -14,10 +14,13 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out", type=Path, default=Path("runs"), help="runs are written under this folder")
     demo.add_argument("--steps", type=int, default=300, help="training steps")
     demo.add_argument("--seed", type=int, default=0)
+    from framework.evaluate.cli import add_arguments as add_evaluate_arguments
     from framework.train.run import add_arguments as add_train_arguments
 
     train = sub.add_parser("train", help="run a training config (curriculum of stages) with DeepSpeed")
     add_train_arguments(train)
+    evaluate = sub.add_parser("evaluate", help="retrieval evaluation: dense, sparse, multi-vector, hybrids, BM25")
+    add_evaluate_arguments(evaluate)
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.command == "demo":
@@ -28,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
         from framework.train.run import run as run_training
 
         return run_training(args)
+    elif args.command == "evaluate":
+        from framework.evaluate.cli import run as run_evaluation
+
+        return run_evaluation(args)
     return 0
 
 

@@ -1,0 +1,149 @@
+"""Configuration of an evaluation: which modes, how deep each search goes, which benchmark slice.
+
+Each component reads its own section: the benchmark loader `BenchmarkConfig`, the hybrid rescoring
+`HybridConfig`, the faiss index `DenseIndexConfig`, the BM25 baseline `BM25Config`, MLflow
+`TrackingConfig`. `EvalConfig` holds them and checks what spans several of them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from framework.retrieval import BM25Config, DenseIndexConfig
+
+# Reported retrieval modes. Metric names start with the mode, so none may contain "+" (MLflow rejects it).
+BASE_MODES = ("dense", "sparse", "multivec", "dense_sparse", "all", "bm25")
+MCLS_MODE = "dense_mcls"
+# Display names of the paper's tables.
+LABELS = {"dense": "Dense", "sparse": "Sparse", "multivec": "Multi-vec", "dense_sparse": "Dense+Sparse",
+          "all": "All", "bm25": "BM25", MCLS_MODE: "Dense (MCLS)"}
+# Heads each mode needs from the model (bm25 needs only the tokenizer).
+MODE_HEADS = {"dense": ("dense",), "sparse": ("sparse",), "multivec": ("dense", "colbert"),
+              "dense_sparse": ("dense", "sparse"), "all": ("dense", "sparse", "colbert"), "bm25": (),
+              MCLS_MODE: ("dense",)}
+# (w_dense, w_sparse, w_colbert) of equation (1) for the two hybrid modes, as set in the paper's section 4:
+# MIRACL and MKQA (4.1, 4.2) and MLDR long documents (4.3).
+HYBRID_PRESETS = {
+    "miracl": {"dense_sparse": (1.0, 0.3, 0.0), "all": (1.0, 0.3, 1.0)},
+    "mldr": {"dense_sparse": (0.2, 0.8, 0.0), "all": (0.15, 0.5, 0.35)},
+}
+
+
+def custom_mode_name(weights: tuple[float, float, float]) -> str:
+    """Mode name of a custom weight set, e.g. (0.4, 0.4, 0.2) -> "hybrid_0.4_0.4_0.2"."""
+    return "hybrid_" + "_".join(f"{w:g}" for w in weights)
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """Which part of a benchmark is loaded."""
+
+    split: str = "test"
+    """qrels split of BEIR folders (qrels/<split>.tsv); DDTP names (ddtp, ddtp-dev) pick their own split."""
+    tasks: tuple[str, ...] = ()
+    """Evaluate only these tasks (DDTP directions such as "de" or "de-en", BEIR subfolder names); () = all."""
+    max_queries: int | None = None
+    """Per task, keep only the first N evaluable queries (sorted by id); None keeps all. For quick checks."""
+    max_corpus: int | None = None
+    """Per task, keep N documents: every relevant one of the kept queries, then others in file order."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_queries", "max_corpus"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name}={value}: use a positive number, or None for no limit")
+        if not self.split:
+            raise ValueError("split is empty; name the qrels file, e.g. 'test' for qrels/test.tsv")
+
+
+@dataclass(frozen=True)
+class HybridConfig:
+    """Weights of the hybrid modes: s = w_dense * dense + w_sparse * sparse + w_colbert * colbert."""
+
+    preset: str = "miracl"
+    """Weights of dense_sparse and all: "miracl" (1/0.3/0 and 1/0.3/1) or "mldr" (0.2/0.8/0, 0.15/0.5/0.35)."""
+    custom: tuple[tuple[float, float, float], ...] = ()
+    """Extra hybrid modes, one per (w_dense, w_sparse, w_colbert), reported as hybrid_<w1>_<w2>_<w3>."""
+
+    def __post_init__(self) -> None:
+        if self.preset not in HYBRID_PRESETS:
+            raise ValueError(f"hybrid preset {self.preset!r}: choose one of {sorted(HYBRID_PRESETS)}, or add "
+                             "weights with custom=((w_dense, w_sparse, w_colbert),)")
+        for weights in self.custom:
+            if len(weights) != 3 or min(weights) < 0 or sum(weights) == 0:
+                raise ValueError(f"custom hybrid weights {tuple(weights)}: give 3 non-negative numbers "
+                                 "(dense, sparse, colbert), not all zero")
+
+    def weights(self) -> dict[str, tuple[float, float, float]]:
+        """Mode name -> weights of every hybrid mode this config defines."""
+        modes = dict(HYBRID_PRESETS[self.preset])
+        modes.update({custom_mode_name(tuple(w)): tuple(float(x) for x in w) for w in self.custom})
+        return modes
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Where the evaluation run goes in MLflow."""
+
+    tracking_uri: str | None = None
+    """MLflow store; None = the active run's store, else MLflow's default (MLFLOW_TRACKING_URI or sqlite)."""
+    parent_run_id: str | None = None
+    """Nest the evaluation run under this run (the training run at a stage end); None = the active run."""
+    experiment: str = "evaluation"
+    """Experiment of a top-level evaluation run; a nested run goes to its parent's experiment."""
+    run_name: str | None = None
+    """Name of the evaluation run; None = "eval-<benchmark>"."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What one evaluation computes."""
+
+    modes: tuple[str, ...] = ()
+    """Modes to report (dense, sparse, multivec, dense_sparse, all, bm25); () = all the model's heads allow."""
+    k: int = 100
+    """Results kept per query and mode for the metrics (Recall@100 needs 100)."""
+    candidates: int = 1000
+    """Depth of the dense and sparse lists whose union dense_sparse rescores (paper: top-1000 each)."""
+    rerank_depth: int = 200
+    """Candidates rescored when colbert is involved: dense top-N for multivec, dense + sparse top-N for all."""
+    mcls: bool = False
+    """Also report dense_mcls: corpus dense vectors by MCLS (appendix B.2), queries encoded plainly."""
+    mcls_interval: int = 256
+    """MCLS: one CLS token per this many positions (the paper uses 256)."""
+    batch_size: int = 32
+    """Texts per encoder forward pass."""
+    query_max_length: int = 512
+    """Query tokens kept (specials counted); longer queries are truncated."""
+    passage_max_length: int | None = None
+    """Passage tokens kept (specials counted); None = the model's position limit."""
+    colbert_memory_gb: float = 2.0
+    """Multi-vector corpus vectors are kept from the first encoding pass up to this size; above it only
+    the reranked candidates are encoded again, so memory stays bounded on large corpora."""
+    progress: bool = True
+    """Show progress bars while encoding."""
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    """Benchmark slice (used when evaluate() is given a name or folder)."""
+    hybrid: HybridConfig = field(default_factory=HybridConfig)
+    """Hybrid mode weights."""
+    index: DenseIndexConfig = field(default_factory=DenseIndexConfig)
+    """faiss index of the dense search (exact inner product by default)."""
+    bm25: BM25Config = field(default_factory=BM25Config)
+    """BM25 baseline over the model's tokenizer."""
+
+    def __post_init__(self) -> None:
+        known = (*BASE_MODES, MCLS_MODE)
+        unknown = [m for m in self.modes if m not in known]
+        if unknown:
+            raise ValueError(f"unknown mode(s) {unknown}: choose from {list(BASE_MODES)} (dense_mcls comes with "
+                             "mcls=True, custom hybrids with hybrid.custom)")
+        for name in ("k", "candidates", "rerank_depth", "batch_size", "query_max_length", "mcls_interval"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: use a positive integer")
+        if self.mcls_interval < 2:
+            raise ValueError(f"mcls_interval={self.mcls_interval}: use at least 2 (the paper uses 256)")
+        if self.candidates < self.k:
+            raise ValueError(f"candidates={self.candidates} < k={self.k}: hybrid rescoring could not fill k "
+                             "results; raise candidates or lower k")
+        if self.colbert_memory_gb < 0:
+            raise ValueError(f"colbert_memory_gb={self.colbert_memory_gb}: use 0 (always re-encode candidates) "
+                             "or a positive size")
