@@ -118,6 +118,20 @@ def test_batch_plan_and_deepspeed_injection(tmp_path):
         resolve_ds_config(EngineConfig(deepspeed_config=str(bad)), plan, OptimConfig(), "fp32")
 
 
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_resolve(path):
+    """Every shipped config validates and its batch table divides at the GPU count in its name."""
+    import re
+
+    from framework.data.buckets import DEFAULT_EDGES
+
+    cfg = load_run_config(path)
+    world = int(re.search(r"(\d+)gpu", path.name).group(1)) if "gpu" in path.name else 2
+    for stage in cfg.stages:
+        plan = plan_batches(stage, world, DEFAULT_EDGES)
+        assert plan.steps >= 1 and plan.global_batch == plan.reference_micro * stage.accumulation * world
+
+
 def test_freeze_by_pattern(tiny_model_dir):
     model, _ = load_m3(tiny_model_dir)
     frozen = freeze(model, [r"encoder\.embeddings\.position_embeddings"])
@@ -262,7 +276,8 @@ def test_two_ranks_zero_stages_mlflow_and_zero3_export(tmp_path, tiny_model_dir,
     mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     stage = run_config(tmp_path, tiny_model_dir, shards)["stages"][0]
     stage["steps"] = 3
-    second = dict(stage, name="unified", loss={"preset": "reference", "self_distill_start_step": 1})
+    second = dict(stage, name="unified", loss={"preset": "reference", "self_distill_start_step": 1},
+                  evaluate={"benchmark": "ddtp-dev", "tasks": ["de", "de-en"], "max_queries": 8})
     specs = [run_config(tmp_path / f"zero{z}", tiny_model_dir, shards, stages=[stage, second], zero_stage=z,
                         tracking_uri=mlflow_uri if z == 3 else None, name=f"zero{z}") for z in (0, 2, 3)]
     _drive(specs, tmp_path, nproc=2)
@@ -274,6 +289,8 @@ def test_two_ranks_zero_stages_mlflow_and_zero3_export(tmp_path, tiny_model_dir,
         for key in base:
             assert other[key] == pytest.approx(base[key], rel=1e-4, abs=1e-5), (z, key)
     _check_mlflow(mlflow_uri)
+    results = json.loads((tmp_path / "zero3" / "evaluations" / "unified.json").read_text())
+    assert set(results["per_task"]) == {"de", "de-en"} and 0 <= results["overall"]["dense"]["ndcg_at_10"] <= 1
     _check_exports(tmp_path / "zero0" / "exports" / "unified", tmp_path / "zero3" / "exports" / "unified")
 
 
@@ -288,6 +305,8 @@ def _check_mlflow(uri: str) -> None:
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
     assert set(children) == {"warmup", "unified"}
     unified = children["unified"]
+    evaluations = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == unified.info.run_id]
+    assert len(evaluations) == 1 and "dense_ndcg_at_10" in evaluations[0].data.metrics
     assert unified.data.tags["zero_stage"] == "3" and unified.data.params["derived.global_batch"]
     for name in ("loss", "dense_loss", "kd_loss", "lr", "tokens_per_s", "samples_per_s", "padding_efficiency",
                  "bucket", "grad_norm"):

@@ -49,6 +49,7 @@ def main(spec_path: str) -> None:
     from framework.tracking import make_tracker
     from framework.train.config import RunConfig
     from framework.train.preemption import Preempted, PreemptionWatch
+    from framework.train.evaluation import evaluate_stage
     from framework.train.run import PREEMPTED_EXIT
     from framework.train.trainer import Trainer
 
@@ -60,7 +61,7 @@ def main(spec_path: str) -> None:
             tracker = make_tracker(cfg.tracking.enabled, is_main(), cfg.tracking.uri, cfg.tracking.experiment,
                                    Path(cfg.output_dir))
             try:
-                Trainer(cfg, tracker, preemption=watch).train()
+                Trainer(cfg, tracker, evaluate=evaluate_stage, preemption=watch).train()
             except Preempted:
                 tracker.close("KILLED")
                 shutdown()

@@ -229,8 +229,10 @@ class EvalConfig:
 
     benchmark: str | None = None
     """Benchmark name or BEIR directory; None: no evaluation."""
+    tasks: list[str] = field(default_factory=list)
+    """Tasks (directions) of the benchmark to run, e.g. [de, de-en] (empty: all)."""
     max_queries: int | None = None
-    """Queries per direction (None: all)."""
+    """Queries per task (None: all)."""
     batch_size: int = 64
     """Encoding batch size."""
 

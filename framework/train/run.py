@@ -13,6 +13,7 @@ from pathlib import Path
 from framework.parallel import detect_env, init_distributed, is_main, shutdown
 from framework.tracking import make_tracker
 from framework.train.config import load_run_config
+from framework.train.evaluation import evaluate_stage
 from framework.train.preemption import Preempted, PreemptionWatch, requeue_slurm_job
 from framework.train.trainer import Trainer
 
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
                            Path(cfg.output_dir))
     status, watch = "FAILED", PreemptionWatch()
     try:
-        export = Trainer(cfg, tracker, evaluate=_stage_evaluator(), preemption=watch).train()
+        export = Trainer(cfg, tracker, evaluate=evaluate_stage, preemption=watch).train()
         status = "FINISHED"
         if is_main():
             print(f"done: final model {export}", flush=True)
@@ -59,12 +60,3 @@ def run(args: argparse.Namespace) -> int:
         tracker.close(status)
         shutdown()
     return 0
-
-
-def _stage_evaluator():
-    """The stage-end evaluation hook, when the evaluation package is present."""
-    try:
-        from framework.evaluate.hook import evaluate_stage
-    except ImportError:
-        return None
-    return evaluate_stage

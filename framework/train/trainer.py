@@ -32,7 +32,8 @@ def git_commit() -> str:
 
 
 class Trainer:
-    """Runs a RunConfig's stages; `evaluate` (optional) is called with (stage, export_dir, tracker)."""
+    """Runs a RunConfig's stages; `evaluate` (framework/train/evaluation.py) runs at stage ends that name a
+    benchmark."""
 
     def __init__(self, cfg: RunConfig, tracker: NullTracker, evaluate=None, preemption=None):
         self.cfg, self.tracker, self.evaluate, self.preemption = cfg, tracker, evaluate, preemption
@@ -82,7 +83,7 @@ class Trainer:
                 export = StageRun(self.cfg, index, start_dir, self.tracker, self.checkpoints, resume,
                                   self.preemption).run()
                 if self.evaluate is not None and stage.evaluate.benchmark:
-                    self.evaluate(stage, export, self.tracker)
+                    self.evaluate(stage, export, self.tracker, self.output_dir)
                 status = "FINISHED"
             except Preempted:
                 status = "KILLED"
