@@ -98,6 +98,11 @@ class Record:
 
 def parse_record(payload: bytes | str, config: RecordConfig = RecordConfig()) -> Record:
     """Decode one JSON text (a JSONL line or a `.json` member) and normalise it; raises BadRecord."""
+    return normalize_record(load_json_line(payload), config)
+
+
+def load_json_line(payload: bytes | str):
+    """The JSON value of one line (UTF-8 bytes or text); raises BadRecord for non-UTF-8, blank or malformed."""
     if isinstance(payload, bytes):
         try:
             payload = payload.decode("utf-8")
@@ -111,7 +116,7 @@ def parse_record(payload: bytes | str, config: RecordConfig = RecordConfig()) ->
         raise BadRecord("malformed_json", f"{error.msg} at column {error.colno}") from None
     except RecursionError:
         raise BadRecord("malformed_json", "nesting too deep") from None
-    return normalize_record(obj, config)
+    return obj
 
 
 def normalize_record(obj, config: RecordConfig = RecordConfig()) -> Record:

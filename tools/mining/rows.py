@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from framework.data.records import BadRecord, load_json_line
 from tools.mining.config import BadRow, MiningConfig, MiningReport
 
 CORPUS_JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
@@ -25,15 +26,9 @@ def text_ok(value) -> bool:
 def parse_row(raw: bytes) -> tuple[dict, list[str]]:
     """(row, positives) of one input line; raises BadRow naming what is wrong."""
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise BadRow("non_utf8", f"invalid UTF-8 byte at offset {error.start}") from None
-    if not text.strip():
-        raise BadRow("blank_line", "no JSON on this line")
-    try:
-        row = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as error:
-        raise BadRow("malformed_json", getattr(error, "msg", "nesting too deep")) from None
+        row = load_json_line(raw)
+    except BadRecord as error:
+        raise BadRow(error.reason, error.detail) from None
     if not isinstance(row, dict):
         raise BadRow("not_an_object", f"a JSON {type(row).__name__}, need an object with query and pos")
     for name in ("query", "pos"):

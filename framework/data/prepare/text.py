@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 
 from framework.data.prepare.inputs import iter_lines
-from framework.data.records import SOURCE_PATTERN, BadRecord, RecordConfig
+from framework.data.records import SOURCE_PATTERN, BadRecord, RecordConfig, load_json_line
 
 KINDS = ("auto", "pairs", "text")
 TEXT_SUFFIXES = (".txt", ".txt.gz")
@@ -86,16 +86,7 @@ def normalize_text_record(obj, config: RecordConfig = RecordConfig()) -> TextRec
 
 def parse_text_row(payload: bytes, config: RecordConfig = RecordConfig()) -> TextRecord:
     """One JSONL line -> TextRecord; raises BadRecord."""
-    text = _decode(payload)
-    if not text.strip():
-        raise BadRecord("blank_line", "no JSON on this line")
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise BadRecord("malformed_json", f"{error.msg} at column {error.colno}") from None
-    except RecursionError:
-        raise BadRecord("malformed_json", "nesting too deep") from None
-    return normalize_text_record(obj, config)
+    return normalize_text_record(load_json_line(payload), config)
 
 
 def parse_text_line(payload: bytes, config: RecordConfig = RecordConfig()) -> TextRecord | None:
