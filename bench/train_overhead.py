@@ -1,6 +1,6 @@
 """Framework overhead: our training step vs plain PyTorch on the same model and batch, one process.
 
-    python bench/train_overhead.py [--hidden 384 --layers 6 --queries 8 --group 4 --length 128 --steps 20]
+    python bench/train_overhead.py [--hidden 256 --layers 4 --queries 8 --group 4 --length 128 --steps 12 --zero 0]
 
 "ours" is what the trainer does per micro-batch (framework/train/stage.py): the DeepSpeed engine (ZeRO
 stage from --zero, fp32 on CPU) around M3Objective, the all-ranks finite-loss check, engine.backward,
@@ -52,12 +52,12 @@ def make_batch(args, vocab: int = 8000):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hidden", type=int, default=384)
-    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--queries", type=int, default=8)
     parser.add_argument("--group", type=int, default=4)
     parser.add_argument("--length", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--zero", type=int, default=0, choices=(0, 1, 2, 3))
     args = parser.parse_args()
     init_distributed()

@@ -39,7 +39,8 @@ def init_distributed(env: DistEnv | None = None, backend: str | None = None,
         return env
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if backend == "nccl":
-        torch.cuda.set_device(env.local_rank)
+        # A site may show each task only its own GPU (--gpus-per-task, --gpu-bind): then index 0.
+        torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
     os.environ.update(RANK=str(env.rank), WORLD_SIZE=str(env.world_size), LOCAL_RANK=str(env.local_rank),
                       MASTER_ADDR=env.master_addr, MASTER_PORT=str(env.master_port))
     if env.local_world_size is not None:

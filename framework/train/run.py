@@ -41,22 +41,26 @@ def run(args: argparse.Namespace) -> int:
     init_distributed(detect_env(), cfg.engine.backend)
     tracker = make_tracker(cfg.tracking.enabled, is_main(), cfg.tracking.uri, cfg.tracking.experiment,
                            Path(cfg.output_dir))
-    status, watch = "FAILED", PreemptionWatch()
+    status, watch, preempted = "FAILED", PreemptionWatch(), False
+    main = is_main()
     try:
         export = Trainer(cfg, tracker, evaluate=evaluate_stage, preemption=watch).train()
         status = "FINISHED"
-        if is_main():
+        if main:
             print(f"done: final model {export}", flush=True)
             if tracker.tracking_uri:
                 print(f"compare runs: mlflow ui --backend-store-uri {tracker.tracking_uri}", flush=True)
     except Preempted as stop:
-        status = "KILLED"
-        if is_main():
+        status, preempted = "KILLED", True
+        if main:
             print(f"preempted: {stop}", flush=True)
-            requeue_slurm_job()
-        return PREEMPTED_EXIT
     finally:
         watch.close()
         tracker.close(status)
         shutdown()
+    if preempted:
+        # Only after the clean-up: SLURM ends the job step as soon as the requeue is accepted.
+        if main:
+            requeue_slurm_job()
+        return PREEMPTED_EXIT
     return 0
