@@ -201,6 +201,15 @@ def _check_dense(rank_: int) -> None:
         m3_loss(HeadScores(), GROUP, 0, cfg, dense_global=dense)["loss"].backward()
         for got, want in zip(_engine_grads(model), expected):
             torch.testing.assert_close(got, want * factor, **TOL)
+    # Local rows: this rank's queries x all passages, the passages' gradient summed over ranks in backward.
+    model = _dense_model()
+    q_local = F.normalize(model(q_in_QI[rows]), dim=-1)
+    p = gather_with_grad(F.normalize(model(p_in_PI[cols]), dim=-1), reduce_grad=True)
+    weight = q_local.shape[0] * WORLD / sum(QUERIES_PER_RANK)
+    dense = GlobalDense(scores_RS=q_local @ p.tensor.T, row_offset=first, local_rows=True, row_weight=weight)
+    m3_loss(HeadScores(), GROUP, 0, cfg, dense_global=dense)["loss"].backward()
+    for got, want in zip(_engine_grads(model), expected):
+        torch.testing.assert_close(got, want, **TOL)
 
 
 # (b) multi-vector and sparse: different Q, L (queries) and M (passages) per rank, padded by the gather.

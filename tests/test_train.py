@@ -270,7 +270,8 @@ def test_curriculum_kill_and_resume_continues_identically(tmp_path, tiny_model_d
 
 
 def test_two_ranks_zero_stages_mlflow_and_zero3_export(tmp_path, tiny_model_dir, shards):
-    """One 2-process gloo launch: ZeRO 0, 2, 3 give the same losses; a two-stage ZeRO-3 run is tracked in
+    """One 2-process gloo launch: ZeRO 0 (all-rows gather), 2 and 3 (local-rows gather) give the same
+    losses; a two-stage ZeRO-3 run is tracked in
     MLflow (parent + nested runs, metrics, artifacts) and its export equals the ZeRO-0 one and loads in
     FlagEmbedding with equal outputs."""
     mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -278,8 +279,12 @@ def test_two_ranks_zero_stages_mlflow_and_zero3_export(tmp_path, tiny_model_dir,
     stage["steps"] = 3
     second = dict(stage, name="unified", loss={"preset": "reference", "self_distill_start_step": 1},
                   evaluate={"benchmark": "ddtp-dev", "tasks": ["de", "de-en"], "max_queries": 8})
-    specs = [run_config(tmp_path / f"zero{z}", tiny_model_dir, shards, stages=[stage, second], zero_stage=z,
-                        tracking_uri=mlflow_uri if z == 3 else None, name=f"zero{z}") for z in (0, 2, 3)]
+    # ZeRO-0 scores all rows on every rank (the reference's way, gradient rescaled); ZeRO-2/3 use local
+    # rows with the passages' gradient all-reduced: the same gradients, so the same losses.
+    all_rows = [dict(s, gather={"dense": True, "scores": "all_rows"}) for s in (stage, second)]
+    specs = [run_config(tmp_path / f"zero{z}", tiny_model_dir, shards, stages=all_rows if z == 0 else [stage, second],
+                        zero_stage=z, tracking_uri=mlflow_uri if z == 3 else None, name=f"zero{z}")
+             for z in (0, 2, 3)]
     _drive(specs, tmp_path, nproc=2)
     base = losses(tmp_path / "zero0")
     assert len(base) == 6 and len(set(base.values())) > 1

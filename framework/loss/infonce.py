@@ -13,19 +13,21 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def positive_columns(num_queries: int, group_size: int, device: torch.device) -> Tensor:
-    """Column of each query's positive passage: i * G."""
-    return torch.arange(num_queries, device=device) * group_size
+def positive_columns(num_queries: int, group_size: int, device: torch.device, row_offset: int = 0) -> Tensor:
+    """Column of each query's positive passage: (row_offset + i) * G (row_offset: rows held elsewhere)."""
+    return (torch.arange(num_queries, device=device) + row_offset) * group_size
 
 
-def infonce(scores_QP: Tensor, group_size: int) -> Tensor:
-    """Cross-entropy over all P passages of each row, target i*G (in-batch negatives included)."""
-    return F.cross_entropy(scores_QP, positive_columns(scores_QP.shape[0], group_size, scores_QP.device))
+def infonce(scores_QP: Tensor, group_size: int, row_offset: int = 0) -> Tensor:
+    """Cross-entropy over all P passages of each row, target i*G (in-batch negatives included).
+    With `row_offset`, the rows are queries row_offset.. of a larger batch whose passages are all columns."""
+    return F.cross_entropy(scores_QP, positive_columns(scores_QP.shape[0], group_size, scores_QP.device,
+                                                       row_offset))
 
 
-def own_group(scores_QP: Tensor, group_size: int) -> Tensor:
+def own_group(scores_QP: Tensor, group_size: int, row_offset: int = 0) -> Tensor:
     """scores_QG: each query's scores against its own G passages (the reference's get_local_score)."""
-    first_Q = positive_columns(scores_QP.shape[0], group_size, scores_QP.device)
+    first_Q = positive_columns(scores_QP.shape[0], group_size, scores_QP.device, row_offset)
     cols_QG = first_Q[:, None] + torch.arange(group_size, device=scores_QP.device)
     return scores_QP.gather(1, cols_QG)
 

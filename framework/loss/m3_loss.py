@@ -48,6 +48,11 @@ class GlobalDense:
     """Index of this rank's first query among the R rows (rank * Q when all ranks hold Q queries)."""
     teacher_scores_RG: Tensor | None = None
     """All ranks' reranker scores; needed only for teacher distillation with kd_loss_type 'm3_kd_loss'."""
+    local_rows: bool = False
+    """scores_RS holds only this rank's Q rows against all S passages (the passages gathered with
+    reduce_grad); the dense InfoNCE is then computed on those rows and weighted by row_weight."""
+    row_weight: float = 1.0
+    """With local_rows: Q x W / R, so that the engine's mean over ranks equals the mean over all R rows."""
 
 
 def m3_loss(scores: HeadScores | Mapping[str, Tensor | None], group_size: int, step: int,
@@ -106,6 +111,12 @@ def _global_dense_loss(dense_global: GlobalDense, num_q: int | None, group_size:
                        targets_QG: Tensor | None, cfg: LossConfig) -> Tensor:
     """Dense InfoNCE over all ranks (the reference's _compute_cross_device_neg_loss)."""
     scaled_RS = _widen(dense_global.scores_RS) / cfg.temperature
+    if dense_global.local_rows:
+        offset = dense_global.row_offset
+        loss = infonce(scaled_RS, group_size, offset)
+        if targets_QG is not None:
+            loss = loss + soft_cross_entropy(targets_QG, own_group(scaled_RS, group_size, offset))
+        return dense_global.row_weight * loss
     if targets_QG is None:
         return infonce(scaled_RS, group_size)
     if cfg.kd_loss_type == "m3_kd_loss":
@@ -122,7 +133,7 @@ def _local_blocks(head_scores: HeadScores, dense_global: GlobalDense | None, num
     """Each active head's local (Q, P) matrix; the dense one is cut out of the global one if absent."""
     blocks = {head: getattr(head_scores, head) for head in HEADS
               if getattr(head_scores, head) is not None}
-    if dense_global is not None and "dense" not in blocks and num_q is not None:
+    if dense_global is not None and "dense" not in blocks and num_q is not None and not dense_global.local_rows:
         row, col = dense_global.row_offset, dense_global.row_offset * group_size
         blocks["dense"] = dense_global.scores_RS[row:row + num_q, col:col + num_q * group_size]
     return {head: blocks[head] for head in HEADS if head in blocks}
@@ -221,6 +232,9 @@ def _check_global(dense_global: GlobalDense, num_q: int | None, group_size: int,
     if not cfg.use_dense:
         raise ValueError("m3_loss: dense_global was given but cfg.use_dense is False; "
                          "pass None or set use_dense=True.")
+    if dense_global.local_rows:
+        _check_local_rows(dense_global, num_q, group_size, cfg, has_teacher)
+        return
     num_r = _check_matrix(dense_global.scores_RS, group_size, "dense_global.scores_RS", None)
     if num_q is not None and not 0 <= dense_global.row_offset <= num_r - num_q:
         raise ValueError(f"m3_loss: dense_global.row_offset={dense_global.row_offset} does not fit {num_q} "
@@ -231,3 +245,17 @@ def _check_global(dense_global: GlobalDense, num_q: int | None, group_size: int,
                              "dense_global.teacher_scores_RG (all ranks' teacher scores, gathered).")
         _check_teacher(dense_global.teacher_scores_RG, num_r, group_size,
                        "dense_global.teacher_scores_RG")
+
+
+def _check_local_rows(dense_global: GlobalDense, num_q: int | None, group_size: int, cfg: LossConfig,
+                      has_teacher: bool) -> None:
+    scores = dense_global.scores_RS
+    if scores.dim() != 2 or (num_q is not None and scores.shape[0] != num_q):
+        raise ValueError(f"m3_loss: dense_global.scores_RS has shape {tuple(scores.shape)}; with local_rows it "
+                         f"must be this rank's {num_q} queries x all ranks' passages.")
+    if (dense_global.row_offset + scores.shape[0]) * group_size > scores.shape[1]:
+        raise ValueError(f"m3_loss: row_offset={dense_global.row_offset} puts this rank's positives beyond the "
+                         f"{scores.shape[1]} gathered passages; pass this rank's first global query index.")
+    if has_teacher and cfg.kd_loss_type == "m3_kd_loss":
+        raise ValueError("m3_loss: kd_loss_type 'm3_kd_loss' distils over all ranks' rows; use gather "
+                         "scores 'all_rows' (stages.<name>.gather.scores=all_rows) or kd_loss_type 'kl_div'.")

@@ -19,6 +19,15 @@ weight. Backward runs no collective (the engine's gradient all-reduce does the s
 fault on non-contiguous gradients cannot occur; the local slice of the incoming gradient is still
 copied to a contiguous tensor so that the (N, ...) gradient buffer is not kept alive as its base.
 
+Local rows (`reduce_grad=True`, for the passages). A rank may instead score only its own queries
+against all ranks' passages: a (Q, S) matrix instead of (R, S), which at the paper's unsupervised scale
+(96 ranks x 700 queries) is 188 MB instead of 18 GB of fp32 scores per rank. Each rank's loss then
+reaches every rank's passages, so backward all-reduces (sums) the gradient of the gathered tensor before
+taking this rank's rows: g_r = sum over r' of dL_r'/dx_r. With the engine's averaging, the applied
+gradient is that of the mean of the ranks' losses, which is the single-process loss on the concatenated
+batch when each rank's loss is weighted by (its rows x W / all rows) (framework/loss GlobalDense's
+row_weight). No rescale factor applies in this mode; it costs one all-reduce of (S, D) in backward.
+
 Uneven shapes. The first collective exchanges every rank's shape, so ranks may hold different
 numbers of rows B (the last batch of an epoch) and, for sparse (B, L) and multi-vector (B, L, C)
 tensors, different trailing sizes: trailing dims are padded to the max over ranks with pad_value
@@ -69,13 +78,15 @@ class Gathered:
         return slice(self.offset, self.offset + self.num_local)
 
 
-def gather_with_grad(x_B: Tensor, rescale_grad: bool = True, pad_value: float = 0) -> Gathered:
-    """All ranks' rows; gradient flows to this rank's rows only, times W if rescale_grad (see module doc)."""
+def gather_with_grad(x_B: Tensor, rescale_grad: bool = True, pad_value: float = 0,
+                     reduce_grad: bool = False) -> Gathered:
+    """All ranks' rows; gradient flows to this rank's rows only, times W if rescale_grad, or summed over
+    ranks first if reduce_grad (local-rows losses); see the module doc."""
     if not dist.is_initialized():
         return Gathered(x_B, 0, (x_B.shape[0],), 0)
     layout = _Layout.exchange(x_B)
-    scale = float(layout.world) if rescale_grad else 1.0
-    gathered_N = _GatherWithGrad.apply(x_B, layout, scale, pad_value)
+    scale = float(layout.world) if rescale_grad and not reduce_grad else 1.0
+    gathered_N = _GatherWithGrad.apply(x_B, layout, scale, pad_value, reduce_grad)
     return Gathered(gathered_N, layout.offset, layout.rows, layout.rank)
 
 
@@ -176,14 +187,20 @@ def _all_gather_concat(out: Tensor, local: Tensor) -> None:
 
 class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x_B: Tensor, layout: _Layout, scale: float, pad_value: float) -> Tensor:
-        ctx.layout, ctx.scale, ctx.local_shape = layout, scale, tuple(x_B.shape)
+    def forward(ctx, x_B: Tensor, layout: _Layout, scale: float, pad_value: float, reduce_grad: bool) -> Tensor:
+        ctx.layout, ctx.scale, ctx.local_shape, ctx.reduce_grad = layout, scale, tuple(x_B.shape), reduce_grad
         return _all_gather_padded(x_B.detach(), layout, pad_value)
 
     @staticmethod
-    def backward(ctx, grad_N: Tensor) -> tuple[Tensor, None, None, None]:
+    def backward(ctx, grad_N: Tensor) -> tuple[Tensor, None, None, None, None]:
+        if ctx.reduce_grad:
+            # Every rank's loss reached these rows: sum the contributions (contiguous: gloo needs it).
+            grad_N = grad_N.contiguous()
+            summed = grad_N.to(comm_device(), copy=True)
+            dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+            grad_N = summed.to(grad_N.device)
         # This rank's rows, padding cut off; the other ranks' rows get their gradient on their own rank.
         offset, (num_rows, *dims) = ctx.layout.offset, ctx.local_shape
         local = (slice(offset, offset + num_rows), *(slice(0, n) for n in dims))
         grad_B = grad_N[local].contiguous()
-        return (grad_B * ctx.scale if ctx.scale != 1.0 else grad_B), None, None, None
+        return (grad_B * ctx.scale if ctx.scale != 1.0 else grad_B), None, None, None, None

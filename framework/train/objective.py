@@ -1,15 +1,16 @@
 """Model + loss as one module: encode queries and passages, score every head, return named loss terms.
 
-With `gather_dense`, the dense InfoNCE runs over all ranks' queries x passages (framework/parallel's
-gather_with_grad; its docstring explains the world-size factor that `rescale_grad` applies). The local
-dense block the ensemble and self-distillation use is always computed from the local tensors: cut out of
-the gathered matrix it would carry the world-size factor too.
+With `gather_dense`, the dense InfoNCE sees every rank's passages as negatives (framework/parallel's
+gather_with_grad explains the gradient semantics). `local_rows` (default) scores this rank's queries
+against all passages and sums the passages' gradient over ranks in backward; otherwise every rank
+scores all queries x all passages, as the reference does, and `rescale_grad` applies the world-size
+factor. The local dense block the ensemble and self-distillation use is always computed from the local
+tensors: cut out of the gathered matrix it would carry the world-size factor too.
 
 Shape legend: Q queries, P passages (= Q * G), G group size (positive first), L tokens,
 R all ranks' queries, S all ranks' passages.
 """
 from __future__ import annotations
-
 
 import torch
 from torch import nn
@@ -50,7 +51,8 @@ class M3Objective(nn.Module):
     """forward(query ids/mask, passage ids/mask, group_size, step) -> {"*_loss": ..., "loss": total}."""
 
     def __init__(self, model: M3Model, loss_cfg: LossConfig, sub_batch: int | None = None,
-                 sub_batch_tokens: int | None = None, gather_dense: bool = False, rescale_grad: bool = True):
+                 sub_batch_tokens: int | None = None, gather_dense: bool = False, rescale_grad: bool = True,
+                 local_rows: bool = True):
         super().__init__()
         for head, model_flag in (("dense", model.cfg.dense), ("sparse", model.cfg.sparse),
                                  ("colbert", model.cfg.colbert)):
@@ -60,7 +62,7 @@ class M3Objective(nn.Module):
         self.model = model
         self.loss_cfg = loss_cfg
         self.sub_batch, self.sub_batch_tokens = sub_batch, sub_batch_tokens
-        self.gather_dense, self.rescale_grad = gather_dense, rescale_grad
+        self.gather_dense, self.rescale_grad, self.local_rows = gather_dense, rescale_grad, local_rows
 
     def encode(self, ids_BL: torch.Tensor, mask_BL: torch.Tensor) -> M3Output:
         return encode(self.model, ids_BL, mask_BL, sub_batch_size(ids_BL.shape[1], self.sub_batch,
@@ -78,6 +80,8 @@ class M3Objective(nn.Module):
         return m3_loss(scores, group_size, step, cfg, teacher_scores_QG, dense_global=dense_global)
 
     def _global_dense(self, q: M3Output, p: M3Output, teacher_scores_QG, valid_P) -> GlobalDense:
+        if self.local_rows:
+            return self._local_rows_dense(q, p, valid_P)
         q_all = gather_with_grad(q.dense_BD, self.rescale_grad)
         p_all = gather_with_grad(p.dense_BD, self.rescale_grad)
         scores_RS = dense_scores(q_all.tensor, p_all.tensor)
@@ -88,3 +92,15 @@ class M3Objective(nn.Module):
         if teacher_scores_QG is not None and self.loss_cfg.kd_loss_type == "m3_kd_loss":
             teacher_RG = gather(teacher_scores_QG).tensor
         return GlobalDense(scores_RS, q_all.offset, teacher_RG)
+
+    def _local_rows_dense(self, q: M3Output, p: M3Output, valid_P) -> GlobalDense:
+        """This rank's queries x all ranks' passages; the passages' gradient is summed over ranks."""
+        p_all = gather_with_grad(p.dense_BD, reduce_grad=True)
+        num_q = q.dense_BD.shape[0]
+        rows = gather(q.dense_BD.new_zeros(num_q, 1))  # only the row counts travel
+        scores_QS = dense_scores(q.dense_BD, p_all.tensor)
+        if valid_P is not None:
+            valid_S = gather(valid_P.to(scores_QS.dtype)).tensor
+            scores_QS = scores_QS + (1 - valid_S) * INVALID_SCORE
+        weight = num_q * len(rows.sizes) / sum(rows.sizes)
+        return GlobalDense(scores_QS, rows.offset, local_rows=True, row_weight=weight)

@@ -30,7 +30,8 @@ class ContrastiveTask:
         self.model, self.tokenizer = load_m3(start_dir, dataclasses.replace(run.model, path=str(start_dir)))
         split = stage.split_batch
         self.objective = M3Objective(self.model, stage.loss_config(), split.sub_batch, split.sub_batch_tokens,
-                                     gather_dense=stage.gather.dense, rescale_grad=stage.gather.rescale_grad)
+                                     gather_dense=stage.gather.dense, rescale_grad=stage.gather.rescale_grad,
+                                     local_rows=stage.gather.scores == "local_rows")
 
     def after_engine(self, zero_stage: int) -> None:
         pass
