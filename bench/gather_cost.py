@@ -3,12 +3,12 @@
 Measured: per-call wall time of framework.parallel.gather_with_grad (shape exchange + data all_gather)
 for a dense (B=64, D=1024) and a multi-vector (B=64, L=256, C=1024) fp32 tensor, and of a (1, 1) tensor
 (the fixed latency of the two collectives), on 2 local gloo processes (loopback; on CPU the figures are
-memory-copy bound and say little about NCCL over InfiniBand). Backward sends nothing (see gather.py).
+memory-copy bound and say little about NCCL over InfiniBand).
 
-Arithmetic: what one training step's dense gather moves at 96 ranks with XLM-R-large (D=1024), at the
-paper's per-GPU batch sizes (Table 9 total batch / GPUs of that stage, appendix B.1; group size 8 =
-1 positive + 7 negatives in fine-tuning, in-batch negatives only in the unsupervised stage), and the
-size of the (R, S) score matrix every rank then holds.
+Arithmetic: what one optimizer step's dense gather moves at 96 ranks with XLM-R-large (D=1024) and the
+paper's global batch sizes (Table 9; group size 8 = 1 positive + 7 negatives in fine-tuning, in-batch
+negatives only in the unsupervised stage), in both gather modes (framework/parallel/gather.py), and the
+score matrix each rank then holds.
 
     python bench/gather_cost.py [--repeats 20]
 """
@@ -26,8 +26,7 @@ from framework.parallel import DistEnv, barrier, free_port, gather, gather_with_
 
 WORLD = 2
 SHAPES = {"dense (64, 1024)": (64, 1024), "colbert (64, 256, 1024)": (64, 256, 1024)}
-# Paper appendix B.1: fine-tuning on 24 A800 GPUs, unsupervised pre-training on 96.
-FINETUNE_GPUS, UNSUPERVISED_GPUS, TARGET_RANKS = 24, 96, 96
+TARGET_RANKS = 96
 DENSE_DIM, GROUP_SIZE = 1024, 8
 MB = 1e6
 
@@ -64,23 +63,28 @@ def _worker(rank: int, port: int, repeats: int) -> None:
 
 
 def paper_scale() -> None:
-    print(f"\nDense gather per step at {TARGET_RANKS} ranks, D={DENSE_DIM} "
-          "(per-rank batch = Table 9 total batch / GPUs of that stage):")
-    stages = (("fine-tuning", PAPER_FINETUNE, FINETUNE_GPUS, GROUP_SIZE),
-              ("unsupervised", PAPER_UNSUPERVISED, UNSUPERVISED_GPUS, 1))
-    for stage, table, gpus, group in stages:
+    print(f"\nDense gather per optimizer step at {TARGET_RANKS} ranks, D={DENSE_DIM}, the paper's global batch "
+          f"(Table 9) spread over {TARGET_RANKS} ranks; bf16 embeddings, fp32 scores:")
+    stages = (("fine-tuning", PAPER_FINETUNE, GROUP_SIZE), ("unsupervised", PAPER_UNSUPERVISED, 1))
+    size = 2  # bf16
+    for stage, table, group in stages:
         for edge in (min(table), max(table)):
-            queries = table[edge] // gpus
-            texts = queries * (1 + group)  # queries + their passages
-            num_r, num_s = queries * TARGET_RANKS, queries * group * TARGET_RANKS
-            for dtype, size in (("fp32", 4), ("bf16", 2)):
-                sent = texts * DENSE_DIM * size
-                print(f"  {stage:<12} len<={edge:<5} {queries:3d} q + {queries * group:3d} p/rank {dtype}: sends "
-                      f"{sent / MB:7.2f} MB, receives {(TARGET_RANKS - 1) * sent / MB:8.1f} MB per rank "
-                      f"(ring), {TARGET_RANKS * (TARGET_RANKS - 1) * sent / 1e9:6.1f} GB over all ranks; "
-                      f"scores_RS {num_r} x {num_s} fp32 = {num_r * num_s * 4 / MB:8.1f} MB per rank")
-    queries, tokens, colbert_bytes = PAPER_FINETUNE[500] // FINETUNE_GPUS, 500, 2
-    per_rank = queries * (1 + GROUP_SIZE) * tokens * DENSE_DIM * colbert_bytes
+            queries = table[edge] // TARGET_RANKS
+            passages = queries * group
+            num_r, num_s = queries * TARGET_RANKS, passages * TARGET_RANKS
+            others = TARGET_RANKS - 1
+            # all_rows: queries and passages gathered, every rank holds the R x S scores.
+            all_in = others * (queries + passages) * DENSE_DIM * size
+            # local_rows: passages gathered, their gradient all-reduced in backward (ring: ~2x the data).
+            local_in = others * passages * DENSE_DIM * size
+            reduce = 2 * num_s * DENSE_DIM * size
+            print(f"  {stage:<12} len<={edge:<5} {queries:3d} q + {passages:3d} p per rank:\n"
+                  f"    all_rows   receives {all_in / MB:8.1f} MB per rank; scores {num_r} x {num_s} = "
+                  f"{num_r * num_s * 4 / MB:9.1f} MB per rank\n"
+                  f"    local_rows receives {local_in / MB:8.1f} MB + all-reduces {reduce / MB:7.1f} MB per rank; "
+                  f"scores {queries} x {num_s} = {queries * num_s * 4 / MB:7.1f} MB per rank")
+    queries, tokens = PAPER_FINETUNE[500] // TARGET_RANKS, 500
+    per_rank = queries * (1 + GROUP_SIZE) * tokens * DENSE_DIM * size
     print(f"  for contrast, gathering colbert vectors (bf16, L={tokens}) in fine-tuning: {per_rank / 1e9:.2f} "
           f"GB per rank, {TARGET_RANKS * per_rank / 1e9:.0f} GB gathered on every rank: multi-vector and "
           "sparse scores stay local at that scale.")
