@@ -12,6 +12,11 @@ fi
 # `python -m framework` and tools/ import from the checkout even when the package is not installed.
 export PYTHONPATH="$M3_REPO${PYTHONPATH:+:$PYTHONPATH}"
 
+# ---- ranks ------------------------------------------------------------------------------------------
+# srun's tasks take rank, world size and rendezvous from SLURM_* (framework/parallel/env.py); RANK & co.
+# exported in the submitting shell (sbatch passes its environment on) would override them for every task.
+unset RANK WORLD_SIZE LOCAL_RANK LOCAL_WORLD_SIZE MASTER_ADDR MASTER_PORT
+
 # ---- CPU threads -------------------------------------------------------------------------------------
 # One task per GPU; each task's intra-op threads share the task's CPUs (--cpus-per-task).
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"

@@ -117,7 +117,10 @@ def test_world_of_one_exports_the_variables_and_runs_the_same_path(monkeypatch):
     if is_initialized():
         pytest.skip("a process group already exists in this test process")
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(name, raising=False)  # restored after the test
+        # setenv first, so that monkeypatch records the variable's original state (often: absent) and
+        # removes what init_distributed exports; a leaked RANK would reach later subprocesses (sbatch).
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     env = init_distributed(detect_env({}), backend="gloo", timeout_s=30)
     try:
         assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["MASTER_PORT"]) == (
