@@ -337,7 +337,7 @@ def _our_scores(encoder, sparse, colbert, queries, passages):
 
     q, p = heads(queries), heads(passages)
     return (dense_scores(q[0], p[0]), sparse_scores(q[1], q[2], p[1], p[2]),
-            colbert_scores(q[3], q[4], p[3], p[4], chunk_size=4))
+            colbert_scores(q[3], q[4], p[3], p[4], max_block_elements=256))
 
 
 def _grads(modules):

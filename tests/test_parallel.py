@@ -245,7 +245,7 @@ def _token_inputs(rank_: int, num_rows: int, length: int, tag: int) -> tuple[tor
 
 
 def _mv_loss(q_col, q_mask, q_sparse, q_ids, p_col, p_mask, p_sparse, p_ids) -> torch.Tensor:
-    return (infonce(colbert_scores(q_col, q_mask, p_col, p_mask, chunk_size=3), GROUP)
+    return (infonce(colbert_scores(q_col, q_mask, p_col, p_mask, max_block_elements=64), GROUP)
             + infonce(sparse_scores(q_sparse, q_ids, p_sparse, p_ids) * 3.0, GROUP))
 
 

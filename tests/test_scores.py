@@ -150,12 +150,14 @@ def test_colbert_scores_match_loop_over_real_tokens(seed):
     # A passage whose real tokens all point away from query 0's first token: the padding's zero
     # vectors must not win the max (the reference would score 0 there).
     p_PMD[5] = -q_QLD[0, 0] * p_mask[5, :, None]
-    got = colbert_scores(q_QLD, q_mask, p_PMD, p_mask, chunk_size=4)
+    got = colbert_scores(q_QLD, q_mask, p_PMD, p_mask, max_block_elements=3 * 5 * 4 * 8)
     torch.testing.assert_close(got, _brute_colbert(q_QLD, q_mask, p_PMD, p_mask))
 
 
-@pytest.mark.parametrize("chunk_size", [1, 2, 5, 100])
-def test_colbert_chunked_equals_unchunked_with_gradients(chunk_size):
+# Q=3, L=5, M=6: 30 elements per (query, passage) pair. Budgets from one pair per block (queries and
+# passages both chunked) through whole query rows with passage chunks of 2 to everything at once.
+@pytest.mark.parametrize("max_block_elements", [1, 30, 31, 100, 200, 10**6])
+def test_colbert_chunked_equals_unchunked_with_gradients(max_block_elements):
     gen = torch.Generator().manual_seed(7)
     q_QLD, q_mask = _padded(gen, 3, 5, 4)
     p_PMD, p_mask = _padded(gen, 7, 6, 4)
@@ -164,10 +166,10 @@ def test_colbert_chunked_equals_unchunked_with_gradients(chunk_size):
     upstream_QP = torch.randn(3, 7, generator=gen, dtype=torch.float64)
 
     def run(size):
-        scores_QP = colbert_scores(q_QLD, q_mask, p_PMD, p_mask, chunk_size=size)
+        scores_QP = colbert_scores(q_QLD, q_mask, p_PMD, p_mask, max_block_elements=size)
         return (scores_QP, *torch.autograd.grad((scores_QP * upstream_QP).sum(), (q_QLD, p_PMD)))
 
-    for got, want in zip(run(chunk_size), run(7)):
+    for got, want in zip(run(max_block_elements), run(3 * 5 * 7 * 6)):
         torch.testing.assert_close(got, want)
 
 
@@ -178,7 +180,7 @@ def test_colbert_backward_keeps_no_similarity_block():
     q_QLD.requires_grad_(True)
     saved_sizes = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved_sizes.append(t.numel()) or t, lambda t: t):
-        colbert_scores(q_QLD, q_mask, p_PMD, p_mask, chunk_size=5).sum().backward()
+        colbert_scores(q_QLD, q_mask, p_PMD, p_mask, max_block_elements=4 * 6 * 5 * 12).sum().backward()
     block = 4 * 6 * 5 * 12
     assert saved_sizes and max(saved_sizes) < block, (max(saved_sizes), block)
 
@@ -192,10 +194,10 @@ def test_colbert_all_padding_passage_scores_zero_and_query_divisor():
                                torch.tensor([[(1.0 + 0.8) / 2, 0.0]]))
 
 
-def test_colbert_rejects_bad_chunk_size():
-    with pytest.raises(ValueError, match="chunk_size"):
+def test_colbert_rejects_bad_block_budget():
+    with pytest.raises(ValueError, match="max_block_elements"):
         colbert_scores(torch.ones(1, 1, 2), torch.ones(1, 1), torch.ones(1, 1, 2), torch.ones(1, 1),
-                       chunk_size=0)
+                       max_block_elements=0)
 
 
 def test_ensemble_scores_weights_and_missing_heads():

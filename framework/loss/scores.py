@@ -64,26 +64,40 @@ def _max_per_column(weights_BL: Tensor, cols_BL: Tensor, num_cols: int) -> Tenso
     return out_BU.scatter_reduce(1, cols_BL, weights_BL, reduce="amax", include_self=False)
 
 
+# Elements of one (queries, query tokens, passages, passage tokens) similarity block: 64M floats = 256 MB
+# in fp32. Forward holds one block and backward about two (the max's gradient and the einsum's), so the
+# loss's memory stays flat as the batch grows instead of growing by tens of MB per sequence at 4k tokens.
+MAX_BLOCK_ELEMENTS = 1 << 26
+
+
 def colbert_scores(q_QLD: Tensor, q_mask_QL: Tensor, p_PMD: Tensor, p_mask_PM: Tensor,
-                   chunk_size: int = 32) -> Tensor:
+                   max_block_elements: int = MAX_BLOCK_ELEMENTS) -> Tensor:
     """Late-interaction scores: sum_i max_j q_i . p_j over real tokens, divided by the real query tokens.
 
     Passage padding is excluded from the max (the reference lets its zero vectors take part, so a
     query token whose best real match is negative scores 0 there; inference excludes padding, as here).
-    A passage with no real token scores 0. Passages are processed `chunk_size` at a time: the
-    (Q, L, C, M) similarity block exists for one chunk only, and autograd keeps just the argmax
-    indices (Q, L, C) of each chunk, not the block.
+    A passage with no real token scores 0. The (Q, L, C, M) similarity block exists for one chunk of
+    passages (and, for very long inputs, of queries) at a time, at most `max_block_elements` elements;
+    autograd keeps just the argmax indices of each chunk, not the block.
     """
-    if chunk_size < 1:
-        raise ValueError(f"colbert_scores: chunk_size={chunk_size} must be >= 1.")
+    if max_block_elements < 1:
+        raise ValueError(f"colbert_scores: max_block_elements={max_block_elements} must be >= 1.")
+    num_q, q_len = q_QLD.shape[:2]
+    num_p, p_len = p_PMD.shape[:2]
+    per_pair = max(q_len * p_len, 1)
+    q_chunk = max(1, min(num_q, max_block_elements // per_pair))
+    p_chunk = max(1, max_block_elements // (per_pair * q_chunk))
     q_keep_QL = q_mask_QL.to(q_QLD.dtype)
     p_keep_PM = p_mask_PM.bool()
     # An all-padding passage keeps its (zero) vectors so that its max is 0, not the fill value.
     p_keep_PM = p_keep_PM | ~p_keep_PM.any(dim=1, keepdim=True)
-    chunks = [_colbert_chunk(q_QLD, q_keep_QL, p_PMD[start:start + chunk_size],
-                             p_keep_PM[start:start + chunk_size])
-              for start in range(0, p_PMD.shape[0], chunk_size)]
-    sums_QP = torch.cat(chunks, dim=1) if chunks else q_QLD.new_zeros(q_QLD.shape[0], 0)
+    rows = []
+    for q0 in range(0, num_q, q_chunk):
+        q_part, keep_part = q_QLD[q0:q0 + q_chunk], q_keep_QL[q0:q0 + q_chunk]
+        chunks = [_colbert_chunk(q_part, keep_part, p_PMD[start:start + p_chunk], p_keep_PM[start:start + p_chunk])
+                  for start in range(0, num_p, p_chunk)]
+        rows.append(torch.cat(chunks, dim=1) if chunks else q_part.new_zeros(q_part.shape[0], 0))
+    sums_QP = torch.cat(rows, dim=0) if rows else q_QLD.new_zeros(0, num_p)
     return sums_QP / q_keep_QL.sum(dim=1, keepdim=True).clamp(min=1)
 
 
