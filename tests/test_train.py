@@ -230,7 +230,8 @@ def _kill_at_checkpoint(config: dict, tmp_path: Path, stage: str, sig: int = sig
 def test_curriculum_kill_and_resume_continues_identically(tmp_path, tiny_model_dir, shards, text_shards):
     """RetroMAE then contrastive, stopped in each stage (SIGKILL in RetroMAE, SLURM's SIGUSR1 preemption
     notice in the contrastive stage) and resumed: every logged loss equals the uninterrupted run's. The contrastive stage (encoder frozen) keeps exactly the encoder the
-    RetroMAE stage exported. A NaN loss stops a run naming the step and the last good checkpoint."""
+    RetroMAE stage exported. A NaN loss stops a run naming the step and the last good checkpoint, or is
+    skipped (and counted) with on_nonfinite=skip."""
     steps = 4
     retromae = {"name": "retromae", "kind": "retromae", "steps": steps, "retromae": {"max_length": 128},
                 "data": {"manifest": str(text_shards), "passage_max_length": 128, "mix_sources": True,
@@ -242,12 +243,13 @@ def test_curriculum_kill_and_resume_continues_identically(tmp_path, tiny_model_d
     whole = run_config(tmp_path / "whole", tiny_model_dir, shards, stages=stages)
     nan_stage = dict(warmup, name="exploding", freeze=[], optim={"lr": 1e30, "warmup_steps": 0, "grad_clip": 0.0})
     exploding = run_config(tmp_path / "nan", tiny_model_dir, shards, stages=[nan_stage])
+    skipping = run_config(tmp_path / "skip", tiny_model_dir, shards, stages=[dict(nan_stage, on_nonfinite="skip")])
     killed = {stage: run_config(tmp_path / f"killed-{stage}", tiny_model_dir, shards, stages=stages)
               for stage in ("retromae", "warmup")}
     tags = {"retromae": _kill_at_checkpoint(killed["retromae"], tmp_path, "retromae"),
             "warmup": _kill_at_checkpoint(killed["warmup"], tmp_path, "warmup", signal.SIGUSR1)}
     assert all(tag != f"step{steps:08d}" for tag in tags.values()), f"killed too late to test anything: {tags}"
-    _drive([whole, exploding, *killed.values()], tmp_path)
+    _drive([whole, exploding, skipping, *killed.values()], tmp_path)
     expected = losses(tmp_path / "whole")
     assert sorted(expected) == sorted((s, i) for s in ("retromae", "warmup") for i in range(1, steps + 1))
     assert len(set(expected.values())) > 4
@@ -267,6 +269,9 @@ def test_curriculum_kill_and_resume_continues_identically(tmp_path, tiny_model_d
     error = (tmp_path / "nan" / "error.txt").read_text()
     assert "NonFiniteLoss: non-finite loss at stage exploding, optimizer step" in error
     assert "Last good checkpoint" in error and "on_nonfinite=skip" in error
+    assert not (tmp_path / "skip" / "error.txt").exists()
+    skipped = losses(tmp_path / "skip", "skipped_steps")
+    assert sum(skipped.values()) > 0 and (tmp_path / "skip" / "exports" / "exploding.done.json").exists()
 
 
 def test_two_ranks_zero_stages_mlflow_and_zero3_export(tmp_path, tiny_model_dir, shards):
