@@ -57,7 +57,10 @@ def plan_batches(stage: StageConfig, world_size: int, manifest_edges: tuple[int,
     # Buckets that start above the truncation length cannot hold a sample: leave them out of the plan.
     longest = max(stage.data.query_max_length, stage.data.passage_max_length)
     micro = {i: n for i, n in micro.items() if i == 0 or buckets.edges[i - 1] < longest}
-    if stage.kind == "contrastive" and stage.data.group_size == 1 and min(micro.values()) * world_size < 2:
+    # Without hard negatives a query's negatives are the other passages its loss sees: this rank's, or
+    # every rank's when the dense scores are gathered.
+    seen = world_size if stage.gather.dense else 1
+    if stage.kind == "contrastive" and stage.data.group_size == 1 and min(micro.values()) * seen < 2:
         raise ValueError(f"stages.{stage.name}: group size 1 with one query per step has no negative at all "
                          "(the loss is 0); raise the batch size or the group size")
     plan = BatchPlan(micro, stage.accumulation, world_size, steps=1)

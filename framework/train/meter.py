@@ -20,14 +20,15 @@ class Meter:
         self._reset()
 
     def _reset(self) -> None:
-        self.terms: dict[str, float] = defaultdict(float)
+        # Loss terms stay tensors until collect(): converting each micro-batch would sync the device.
+        self.terms: dict = defaultdict(float)
         self.micro = 0
         self.samples = self.tokens = self.padded = 0
         self.skipped = 0
         self.start = time.monotonic()
         self.bucket = -1
 
-    def add(self, terms: dict[str, float], num_samples: int, num_tokens: int, num_padded: int, bucket: int,
+    def add(self, terms: dict, num_samples: int, num_tokens: int, num_padded: int, bucket: int,
             stats: dict[str, int]) -> None:
         for key, value in terms.items():
             self.terms[key] += value
@@ -44,7 +45,7 @@ class Meter:
     def collect(self) -> dict[str, float]:
         """Window metrics over all ranks (a collective: every rank calls it), then a new window."""
         elapsed = max(time.monotonic() - self.start, 1e-9)
-        means = all_reduce_mean({k: v / max(self.micro, 1) for k, v in self.terms.items()})
+        means = all_reduce_mean({k: float(v) / max(self.micro, 1) for k, v in self.terms.items()})
         sums = all_reduce_sum({"samples": self.samples, "tokens": self.tokens, "padded": self.padded,
                                "skipped": self.skipped})
         # Ranks meet different kinds of bad records, so the counters go as objects, not a fixed tensor.

@@ -76,12 +76,13 @@ class M3Objective(nn.Module):
         cfg = self.loss_cfg
         scores = mask_invalid(head_scores(q, p, cfg), passage_valid_P)
         use_global = self.gather_dense and cfg.use_dense and world_size() > 1
-        dense_global = self._global_dense(q, p, teacher_scores_QG, passage_valid_P) if use_global else None
+        dense_global = self._global_dense(q, p, teacher_scores_QG, passage_valid_P, group_size) if use_global \
+            else None
         return m3_loss(scores, group_size, step, cfg, teacher_scores_QG, dense_global=dense_global)
 
-    def _global_dense(self, q: M3Output, p: M3Output, teacher_scores_QG, valid_P) -> GlobalDense:
+    def _global_dense(self, q: M3Output, p: M3Output, teacher_scores_QG, valid_P, group_size: int) -> GlobalDense:
         if self.local_rows:
-            return self._local_rows_dense(q, p, valid_P)
+            return self._local_rows_dense(q, p, valid_P, group_size)
         q_all = gather_with_grad(q.dense_BD, self.rescale_grad)
         p_all = gather_with_grad(p.dense_BD, self.rescale_grad)
         scores_RS = dense_scores(q_all.tensor, p_all.tensor)
@@ -93,14 +94,14 @@ class M3Objective(nn.Module):
             teacher_RG = gather(teacher_scores_QG).tensor
         return GlobalDense(scores_RS, q_all.offset, teacher_RG)
 
-    def _local_rows_dense(self, q: M3Output, p: M3Output, valid_P) -> GlobalDense:
+    def _local_rows_dense(self, q: M3Output, p: M3Output, valid_P, group_size: int) -> GlobalDense:
         """This rank's queries x all ranks' passages; the passages' gradient is summed over ranks."""
         p_all = gather_with_grad(p.dense_BD, reduce_grad=True)
         num_q = q.dense_BD.shape[0]
-        rows = gather(q.dense_BD.new_zeros(num_q, 1))  # only the row counts travel
         scores_QS = dense_scores(q.dense_BD, p_all.tensor)
         if valid_P is not None:
             valid_S = gather(valid_P.to(scores_QS.dtype)).tensor
             scores_QS = scores_QS + (1 - valid_S) * INVALID_SCORE
-        weight = num_q * len(rows.sizes) / sum(rows.sizes)
-        return GlobalDense(scores_QS, rows.offset, local_rows=True, row_weight=weight)
+        # Every rank holds G passages per query, so the passages' layout gives the query rows too.
+        weight = num_q * len(p_all.sizes) * group_size / sum(p_all.sizes)
+        return GlobalDense(scores_QS, p_all.offset // group_size, local_rows=True, row_weight=weight)

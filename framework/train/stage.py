@@ -60,16 +60,13 @@ class StageRun:
         self.loader = self._loader()
 
     def _loader(self) -> ResumableLoader:
-        data, stage = self.stage.data, self.stage
+        data = self.stage.data
         cfg = StreamConfig(batch_sizes=self.plan.micro_per_rank, group_size=data.group_size,
                            seed=self.run_cfg.seed + 1000 * self.index, num_workers=data.num_workers,
                            mix_sources=data.mix_sources, source_weights=dict(data.source_weights),
                            query_max_length=data.query_max_length, passage_max_length=data.passage_max_length,
                            shuffle_window=data.shuffle_window, sources=tuple(data.sources),
                            max_bad_fraction=data.max_bad_fraction)
-        if stage.kind == "contrastive" and data.group_size == 1 and not stage.gather.dense and \
-                min(self.plan.micro_per_rank.values()) < 2:
-            raise ValueError(f"stages.{stage.name}: group size 1, one query per rank and no gather: no negatives")
         stream_class = self.task.stream_class
         # DataLoader draws a base seed when an iterator starts; from its own generator it leaves the global
         # RNG (dropout) alone, so a resumed run's dropout draws match the uninterrupted run's.
@@ -129,7 +126,7 @@ class StageRun:
         self.engine.backward(loss)
         self.engine.step()
         self.micro_step += 1
-        meter.add({k: float(v.detach()) for k, v in terms.items()}, self.task.num_samples(batch), batch.num_tokens,
+        meter.add({k: v.detach() for k, v in terms.items()}, self.task.num_samples(batch), batch.num_tokens,
                   batch.num_padded_tokens, int(batch.stream[1]), batch.stats)
 
     def _non_finite(self, batch, meter: Meter) -> None:
