@@ -138,6 +138,7 @@ def test_world_of_one_exports_the_variables_and_runs_the_same_path(monkeypatch):
 
 # ---------------------------------------------------------------- two gloo processes, one launch
 
+@pytest.mark.distributed
 def test_two_process_gather_and_collectives():
     mp.spawn(_worker, args=(free_port(),), nprocs=WORLD, join=True)
 

@@ -32,6 +32,7 @@ def _coverage(plans) -> int:
     return covered
 
 
+@pytest.mark.slow
 def test_96_ranks_x_4_workers_same_bucket_exactly_once_no_rank_runs_dry():
     shards = _shards(2000, sizes=(5000, 15000))  # ~20M samples, shards of ~10k as a real run's
     batch_sizes = {b: 1152 // 96 for b in range(9)}  # the paper's fine-tuning batch, per rank

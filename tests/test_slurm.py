@@ -26,6 +26,8 @@ import pytest
 from tests.slurm_cluster import FINAL_STATES, LocalSlurm, ensure_installed
 from tests.train_scenarios import REPO_ROOT, run_config
 
+pytestmark = pytest.mark.slurm
+
 DDTP = REPO_ROOT / "data" / "ddtp" / "train"
 SHARD_INPUTS = [DDTP / f"{name}.jsonl.gz" for name in ("de", "fr", "en", "de-en")]
 NUM_PARTS = 2

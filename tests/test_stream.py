@@ -162,6 +162,7 @@ def test_worker_count_must_match_the_plan(tmp_path, tok):
         list(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=1))
 
 
+@pytest.mark.slow
 def test_jsonl_to_shards_to_stream_end_to_end(tmp_path, tok, tokenizer_dir):
     """The real path: JSONL -> tools/make_shards.py (pre-tokenised, bucketed) -> manifest -> stream."""
     from tools.make_shards import ShardConfig, make_shards

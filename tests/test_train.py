@@ -229,6 +229,7 @@ def _kill_at_checkpoint(config: dict, tmp_path: Path, stage: str, sig: int = sig
     return point["tag"]
 
 
+@pytest.mark.distributed
 def test_curriculum_kill_and_resume_continues_identically(tmp_path, tiny_model_dir, shards, text_shards):
     """RetroMAE then contrastive, stopped in each stage (SIGKILL in RetroMAE, SLURM's SIGUSR1 preemption
     notice in the contrastive stage) and resumed: every logged loss equals the uninterrupted run's. The contrastive stage (encoder frozen) keeps exactly the encoder the
@@ -276,6 +277,7 @@ def test_curriculum_kill_and_resume_continues_identically(tmp_path, tiny_model_d
     assert sum(skipped.values()) > 0 and (tmp_path / "skip" / "exports" / "exploding.done.json").exists()
 
 
+@pytest.mark.distributed
 def test_two_ranks_zero_stages_mlflow_and_zero3_export(tmp_path, tiny_model_dir, shards):
     """One 2-process gloo launch: ZeRO 0 (all-rows gather), 2 and 3 (local-rows gather) give the same
     losses; a two-stage ZeRO-3 run is tracked in
