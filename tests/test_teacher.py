@@ -329,6 +329,40 @@ def test_kill_9_mid_run_then_resume_is_byte_identical(cross_encoder_dir: Path, t
     assert out.read_bytes() == (tmp_path / "uninterrupted.jsonl").read_bytes()
 
 
+# ---------------------------------------------------------------- SLURM
+
+
+@pytest.mark.slurm
+def test_slurm_array_scores_the_parts_and_the_dependent_merge_joins_them(cross_encoder, cross_encoder_dir: Path,
+                                                                        input_file: Path, tmp_path: Path) -> None:
+    from tests.slurm_cluster import LocalSlurm, ensure_installed
+
+    reason = ensure_installed()
+    if reason:
+        pytest.skip(reason)
+    cluster, out = LocalSlurm(tmp_path / "slurm"), tmp_path / "scored.jsonl"
+    env = {"M3_REPO": str(REPO_ROOT), **({"M3_VENV": sys.prefix} if sys.prefix != sys.base_prefix else {})}
+    args = [str(input_file), "--out", str(out), "--teacher", str(cross_encoder_dir), "--chunk-size", str(CHUNK),
+            "--max-length", "128"]
+    try:
+        cluster.start()
+        # The test node has no GPU: --gpus=0 cancels the script's GPU request.
+        array_id = cluster.sbatch(["--array=0-1", "--gpus=0", "--cpus-per-task=1", f"--output={tmp_path}/part-%a.out",
+                                   str(REPO_ROOT / "slurm" / "score_pairs.sbatch"), *args], env=env, cwd=tmp_path)
+        merge_id = cluster.sbatch([f"--dependency=afterok:{array_id}", f"--output={tmp_path}/merge.out",
+                                   str(REPO_ROOT / "slurm" / "merge_scores.sbatch"), "--out", str(out),
+                                   "--num-parts", "2"], env=env, cwd=tmp_path)
+        states = cluster.wait([array_id, merge_id], timeout=300)
+        logs = "".join(log.read_text(errors="replace") for log in sorted(tmp_path.glob("*.out")))
+        assert set(states.values()) == {"COMPLETED"}, f"{states}\n{logs}\n{cluster.daemon_logs()}"
+    finally:
+        cluster.stop()
+    assert "part 0/2" in logs and "part 1/2" in logs and f"merged 2 parts -> {out}" in logs
+    single = tmp_path / "single.jsonl"
+    score_file(input_file, single, cross_encoder, ScoreFileConfig(chunk_size=CHUNK))
+    assert out.read_bytes() == single.read_bytes()
+
+
 # ---------------------------------------------------------------- the scores reach the loss
 
 
