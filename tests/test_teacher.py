@@ -296,7 +296,8 @@ def test_cli_scores_a_manifest_s_inputs_and_names_misplaced_options(input_file: 
     printed = capsys.readouterr().out
     assert "pairs/s" in printed and "bad malformed_json: 1 at" in printed and f"{input_file.name}:3" not in printed
     assert "web.jsonl:3" in printed
-    assert report.num_rows == NUM_ROWS and len(lines_of(tmp_path / "scored" / "web.jsonl")) - 1 == len(BAD_LINES) + NUM_ROWS
+    assert report.num_rows == NUM_ROWS
+    assert len(lines_of(tmp_path / "scored" / "web.jsonl")) - 1 == len(BAD_LINES) + NUM_ROWS
     with pytest.raises(SystemExit):
         main([str(input_file), "--out", str(tmp_path / "x.jsonl"), "--teacher", str(cross_encoder_dir),
               "--weights", "1,0,0"])

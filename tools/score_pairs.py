@@ -106,7 +106,8 @@ def _floats(text: str, name: str) -> list[float]:
     except ValueError:
         values = []
     if len(values) != 3:
-        raise ValueError(f"{name} {text!r}: give three comma-separated numbers, dense,sparse,colbert (e.g. 0.4,0.2,0.4)")
+        raise ValueError(f"{name} {text!r}: give three comma-separated numbers, dense,sparse,colbert "
+                         "(e.g. 0.4,0.2,0.4)")
     return values
 
 

@@ -65,7 +65,9 @@ class ScoreRewriter:
         rows = [self._parse(line, raw) for line, raw in enumerate(raws, start=first_line)]
         pairs = [ScorePair(row.query, text) for row in rows if row is not None
                  for name in SCORE_FIELDS for text in row.passages(name) if not is_blank(text)]
-        scores = iter(self.teacher.score(pairs, on_pairs=progress.add_items))
+        scored = self.teacher.score(pairs, on_pairs=progress.add_items)
+        assert len(scored) == len(pairs), "a teacher returns one score per pair"
+        scores = iter(scored)
         out = []
         for line, raw, row in zip(range(first_line, first_line + len(raws)), raws, rows):
             if row is None:
