@@ -47,7 +47,7 @@ def _env() -> dict:
                 PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
 
 
-def _drive(specs: list[dict], tmp_path: Path, nproc: int = 1, timeout: int = 600) -> None:
+def _drive(specs: list[dict], tmp_path: Path, nproc: int = 1, timeout: int = 600) -> str:
     spec = tmp_path / f"spec-{time.monotonic_ns()}.json"
     spec.write_text(json.dumps(specs))
     script = str(REPO_ROOT / "tests" / "train_scenarios.py")
@@ -58,6 +58,7 @@ def _drive(specs: list[dict], tmp_path: Path, nproc: int = 1, timeout: int = 600
             script, str(spec)] if nproc > 1 else [sys.executable, script, str(spec)])
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return done.stdout
 
 
 # ---- config and arithmetic (no engine) ---------------------------------------------------------------
@@ -352,3 +353,42 @@ def _check_exports(zero0_dir: Path, zero3_dir: Path) -> None:
         torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=1e-5, atol=1e-5)
     for a, b in zip(flag["lexical_weights"], ours3["lexical_weights"]):
         assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-5 for k in a)
+
+
+# ---- a stream that runs short: empty micro-batches (issue 16, failure 1) ----------------------------------
+def _damaged_shards(manifest: Path, tmp_path: Path) -> Path:
+    """A copy of the shards whose `de` shard lost its second half (zeroed in place, so a size check at open
+    still passes): the rank reading it runs out of samples before the epoch's plan ends, and its stream
+    yields batches with 0 queries while the other rank's batches are full."""
+    import shutil
+
+    out = tmp_path / "damaged"
+    shutil.copytree(manifest.parent, out)
+    tar = next(out.glob("de.b14.*.tar"))
+    size = tar.stat().st_size
+    with tar.open("r+b") as handle:
+        handle.seek(size // 2)
+        handle.write(b"\0" * (size - size // 2))
+    return out / manifest.name
+
+
+@pytest.mark.distributed
+def test_empty_micro_batches_are_skipped_together_on_every_rank(tmp_path, tiny_model_dir, shards):
+    """Two ranks, one of which runs dry: every rank skips the steps that hold an empty micro-batch (one
+    agreement per optimizer step), the stage finishes, the skipped steps and lost samples are counted in the
+    metrics and named on the console, and the bad records are printed at the log step where they occur."""
+    damaged = _damaged_shards(shards, tmp_path)
+    cfg = run_config(tmp_path / "short", tiny_model_dir, damaged)
+    cfg["stages"][0].update(steps=24)
+    cfg["tracking"]["log_every"] = 4
+    out = _drive([cfg], tmp_path, nproc=2, timeout=300)
+    assert not (tmp_path / "short" / "error.txt").exists(), (tmp_path / "short" / "error.txt").read_text()
+    assert (tmp_path / "short" / "exports" / "warmup.done.json").exists()
+    skipped = losses(tmp_path / "short", "skipped_steps")
+    lost = losses(tmp_path / "short", "skipped_samples")
+    assert sum(skipped.values()) >= 1 and sum(lost.values()) >= 1
+    logged = losses(tmp_path / "short")
+    assert sorted(logged) == [("warmup", s) for s in range(4, 25, 4)]
+    assert all(v == v for v in logged.values())                       # no NaN from an empty batch
+    assert "empty micro-batch" in out and "samples not trained on" in out
+    assert "bad records" in out and "missing_samples" in out

@@ -53,7 +53,8 @@ def main(spec_path: str) -> None:
     from framework.train.run import PREEMPTED_EXIT
     from framework.train.trainer import Trainer
 
-    init_distributed()
+    # A rank left waiting in a collective fails after this long instead of the 30-minute default.
+    init_distributed(timeout_s=float(os.environ.get("M3_TEST_PG_TIMEOUT_S", "300")))
     watch = PreemptionWatch()
     try:
         for raw in json.loads(Path(spec_path).read_text()):
