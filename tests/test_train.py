@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from framework.config import from_dict
+from framework.data.batch import Batch
 from framework.loss import LossConfig
 from framework.model import load_m3
 from framework.train.batching import plan_batches
@@ -148,7 +149,7 @@ def test_freeze_by_pattern(tiny_model_dir):
 
 
 # ---- objective: split-batch and placeholder passages ------------------------------------------------
-def _batch(tokenizer, num_q: int, group: int, seed: int = 0):
+def _batch(tokenizer, num_q: int, group: int, seed: int = 0, passage_valid_P=None) -> Batch:
     g = torch.Generator().manual_seed(seed)
     vocab = len(tokenizer)
     q = torch.randint(5, vocab, (num_q, 12), generator=g)
@@ -156,7 +157,7 @@ def _batch(tokenizer, num_q: int, group: int, seed: int = 0):
     q[:, 0] = p[:, 0] = tokenizer.cls_token_id
     q_mask, p_mask = torch.ones_like(q), torch.ones_like(p)
     p_mask[::3, 15:] = 0                                    # some padding, so sub-batches differ in length
-    return q, q_mask, p, p_mask
+    return Batch.of(q, q_mask, p, p_mask, group, passage_valid_P=passage_valid_P)
 
 
 def test_split_batch_equals_whole_batch(tiny_model_dir):
@@ -168,7 +169,7 @@ def test_split_batch_equals_whole_batch(tiny_model_dir):
         model, tok = load_m3(tiny_model_dir)
         objective = M3Objective(model, LossConfig.preset("reference"), sub_batch=sub_batch).eval()
         torch.manual_seed(1)
-        terms = objective(*_batch(tok, 4, 2), group_size=2, step=0)
+        terms = objective(batch=_batch(tok, 4, 2), step=0).terms
         terms["loss"].backward()
         results.append((terms["loss"].detach(), {n: p.grad.clone() for n, p in model.named_parameters()
                                                  if p.grad is not None}))
@@ -184,13 +185,14 @@ def test_placeholder_passages_get_no_probability(tiny_model_dir):
     torch.manual_seed(0)
     model, tok = load_m3(tiny_model_dir)
     model.eval()
-    q, q_mask, p, p_mask = _batch(tok, 3, 2)
     valid = torch.ones(6, dtype=torch.bool)
     valid[3] = False                                       # query 1's negative is a placeholder
+    batch = _batch(tok, 3, 2, passage_valid_P=valid)
     cfg = LossConfig.preset("reference", use_sparse=False, use_colbert=False)
-    loss = M3Objective(model, cfg)(q, q_mask, p, p_mask, 2, 0, passage_valid_P=valid)["loss"]
+    loss = M3Objective(model, cfg)(batch=batch, step=0).terms["loss"]
     with torch.no_grad():
-        scores_QP = model(q, q_mask).dense_BD @ model(p, p_mask).dense_BD.T / cfg.temperature
+        scores_QP = model(batch.q_ids_QL, batch.q_mask_QL).dense_BD @ \
+            model(batch.p_ids_PL, batch.p_mask_PL).dense_BD.T / cfg.temperature
     kept = valid.nonzero().squeeze(1)
     expected = F.cross_entropy(scores_QP[:, kept], torch.tensor([0, 2, 3]))  # columns 0, 2, 4 among kept
     torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
@@ -392,3 +394,55 @@ def test_empty_micro_batches_are_skipped_together_on_every_rank(tmp_path, tiny_m
     assert all(v == v for v in logged.values())                       # no NaN from an empty batch
     assert "empty micro-batch" in out and "samples not trained on" in out
     assert "bad records" in out and "missing_samples" in out
+
+
+def _final_checkpoint(output_dir: Path, stage: str) -> dict:
+    """DeepSpeed's own record of the last checkpoint (trusted test output: a full pickle load)."""
+    tag = json.loads((output_dir / "checkpoints" / "latest.json").read_text())["tag"]
+    return torch.load(output_dir / "checkpoints" / stage / tag / "mp_rank_00_model_states.pt", weights_only=False,
+                      map_location="cpu")
+
+
+@pytest.mark.distributed
+def test_skipped_steps_keep_accumulation_schedule_and_resume_aligned(tmp_path, tiny_model_dir, shards):
+    """Accumulation 2, on_nonfinite=skip, a NaN loss injected at the boundary micro-batch of step 2 and at the
+    first micro-batch of step 5 (train_scenarios' _poison): both steps are skipped whole; DeepSpeed still sees
+    every micro-batch (its accumulation boundary stays on the trainer's steps), the schedule follows the
+    trainer's step count, AdamW applied exactly the other updates, and a run killed at a checkpoint resumes
+    to the same losses. ZeRO-0 withholds the update through the trainer's gate; at ZeRO-2 DeepSpeed skips the
+    update itself on the NaN gradients, and the trainer steps the schedule it left behind."""
+    from framework.train.engine import lr_factor
+
+    steps, poison = 6, {"micro_steps": [3, 8], "rank": None}
+
+    def config(name: str, zero: int) -> dict:
+        cfg = run_config(tmp_path / name, tiny_model_dir, shards, zero_stage=zero)
+        cfg["stages"][0].update(steps=steps, accumulation=2, on_nonfinite="skip")
+        return dict(cfg, _poison=poison)
+
+    killed = config("killed", 0)
+    tag = _kill_at_checkpoint(dict(killed), tmp_path, "warmup")
+    assert tag != f"step{steps:08d}", f"killed too late to test anything: {tag}"
+    _drive([config("zero0", 0), config("zero2", 2), killed], tmp_path)
+    for name in ("zero0", "zero2", "killed"):
+        assert not (tmp_path / name / "error.txt").exists(), (tmp_path / name / "error.txt").read_text()
+        skipped = losses(tmp_path / name, "skipped_steps")
+        assert [s for (_, s), n in sorted(skipped.items()) if n] == [2, 5], (name, skipped)
+        lrs = losses(tmp_path / name, "lr")
+        factor = lr_factor("linear", 1, steps)
+        assert sorted(lrs) == [("warmup", s) for s in range(1, steps + 1)]
+        for (_, s), lr in lrs.items():                     # after step s the schedule has taken s steps
+            assert lr == pytest.approx(5e-4 * factor(s), rel=1e-9), (name, s)
+        ds = _final_checkpoint(tmp_path / name, "warmup")
+        assert ds["global_steps"] == steps and ds["lr_scheduler"]["last_epoch"] == steps, name
+        assert ds["steps"] == {"step": steps, "skipped": {"nonfinite": 2}}, name
+    adam = _final_checkpoint(tmp_path / "zero0", "warmup")["optimizer"]["state"]
+    assert {int(s["step"]) for s in adam.values()} == {steps - 2}   # the two skipped updates never happened
+    expected, resumed = losses(tmp_path / "zero0"), losses(tmp_path / "killed")
+    assert sorted(expected) == [("warmup", s) for s in (1, 3, 4, 6)]  # skipped steps log no loss
+    assert resumed.keys() == expected.keys()
+    for key in expected:
+        assert resumed[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-7), key
+    zero2 = losses(tmp_path / "zero2")
+    for key in expected:                                    # ZeRO-2 skipped the same steps, same losses
+        assert zero2[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-5), key

@@ -4,12 +4,18 @@
 
 SPEC.json is a list of run-config dicts; each runs through the real Trainer (DeepSpeed, stream,
 MLflow) one after the other in the same process group, so one ~12 s process start-up serves them all.
+
+A run dict may carry `"_poison": {"micro_steps": [...], "rank": r}`: a fault injected for the test (a NaN
+loss cannot be provoked at a chosen micro-batch any other way): the contrastive objective's loss becomes
+NaN at those micro-batch indices on rank r (every rank when r is null), so its backward gives NaN
+gradients as a real overflow would.
 """
 from __future__ import annotations
 
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +48,30 @@ def losses(output_dir: Path, key: str = "loss") -> dict[tuple[str, int], float]:
     return out
 
 
+@contextmanager
+def poisoned(spec: dict | None):
+    """Inside: M3Objective's loss is NaN at spec['micro_steps'] on rank spec['rank'] (see the module doc)."""
+    if not spec:
+        yield
+        return
+    from framework.parallel import rank
+    from framework.train.objective import M3Objective, ObjectiveOutput
+
+    original = M3Objective.forward
+
+    def forward(self, batch, step):
+        out = original(self, batch, step)
+        if step in spec["micro_steps"] and spec.get("rank") in (None, rank()):
+            out = ObjectiveOutput({**out.terms, "loss": out.terms["loss"] * float("nan")}, out.report)
+        return out
+
+    M3Objective.forward = forward
+    try:
+        yield
+    finally:
+        M3Objective.forward = original
+
+
 def main(spec_path: str) -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from framework.config import from_dict
@@ -58,11 +88,13 @@ def main(spec_path: str) -> None:
     watch = PreemptionWatch()
     try:
         for raw in json.loads(Path(spec_path).read_text()):
+            poison = raw.pop("_poison", None)
             cfg = from_dict(RunConfig, raw)
             tracker = make_tracker(cfg.tracking.enabled, is_main(), cfg.tracking.uri, cfg.tracking.experiment,
                                    Path(cfg.output_dir))
             try:
-                Trainer(cfg, tracker, evaluate=evaluate_stage, preemption=watch).train()
+                with poisoned(poison):
+                    Trainer(cfg, tracker, evaluate=evaluate_stage, preemption=watch).train()
             except Preempted:
                 tracker.close("KILLED")
                 shutdown()

@@ -1,9 +1,12 @@
 """YAML files + dotted overrides -> a tree of frozen dataclasses, checked field by field.
 
 `from_dict(cls, data)` builds a dataclass from plain data (what yaml.safe_load returns): nested
-dataclasses, lists/tuples of them, dicts, Optional and plain scalars. Unknown keys and wrong types raise
-ValueError naming the full dotted path, the expected type and the fields that exist, so a typo in a
-config file fails before any process group starts.
+dataclasses, lists/tuples of them, dicts, Optional, `Literal` choices and plain scalars. Unknown keys,
+wrong types and values outside a Literal raise ValueError naming the full dotted path, the expected
+type and the fields (or choices) that exist, so a typo in a config file fails before any process group
+starts. A dataclass may define a classmethod `expand_config(raw) -> raw` that rewrites its mapping first
+(LossConfig expands `preset: name` into the preset's fields). `check_choices(obj)` applies the Literal
+check to an instance built in code, so __post_init__ keeps one list of choices: the type.
 
 Overrides use dotted paths with YAML values: `stages.warmup.optim.lr=2e-5` (a list element by its `name`
 or its index), `checkpoint.keep_last=3`, `stages.0.data.sources=[ddtp]`.
@@ -91,6 +94,12 @@ def from_dict(cls: type[T], data: Any, path: str = "") -> T:
     if not isinstance(data, Mapping):
         raise ValueError(f"{path or cls.__name__}: expected a mapping of {cls.__name__} fields, "
                          f"got {type(data).__name__} {data!r}")
+    expand = getattr(cls, "expand_config", None)
+    if expand is not None:
+        try:
+            data = expand(dict(data))
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}" if path else str(err)) from err
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - known)
@@ -111,6 +120,8 @@ def convert(hint: Any, value: Any, path: str) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:
         return value
+    if origin is typing.Literal:
+        return _choice(args, value, path)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -134,11 +145,28 @@ def convert(hint: Any, value: Any, path: str) -> Any:
             raise ValueError(f"{path}: expected a mapping ({_name(hint)}), got {value!r}")
         key_t, val_t = args or (Any, Any)
         return {convert(key_t, k, f"{path}.{k}"): convert(val_t, v, f"{path}.{k}") for k, v in value.items()}
-    if typing.get_origin(hint) is typing.Literal:
-        if value not in args:
-            raise ValueError(f"{path}: {value!r} is not one of {list(args)}")
-        return value
     return _scalar(hint, value, path)
+
+
+def _choice(choices: tuple, value: Any, path: str) -> Any:
+    # By type too: True == 1 and 1.0 == 1 in Python, yet neither is the choice 1.
+    if not any(value == c and type(value) is type(c) for c in choices):
+        raise ValueError(f"{path}={value!r} is not one of {list(choices)}; use one of them")
+    return value
+
+
+def check_choices(obj: Any, prefix: str = "") -> None:
+    """ValueError for a field of dataclass `obj` outside its Literal type (direct construction bypasses
+    from_dict); `prefix` names the section in the message, e.g. 'engine'."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        hint = hints[f.name]
+        args = typing.get_args(hint)
+        optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args
+        literal = next((a for a in args if typing.get_origin(a) is typing.Literal), None) if optional else hint
+        value = getattr(obj, f.name)
+        if typing.get_origin(literal) is typing.Literal and not (optional and value is None):
+            _choice(typing.get_args(literal), value, _join(prefix or type(obj).__name__, f.name))
 
 
 def _scalar(hint: Any, value: Any, path: str) -> Any:

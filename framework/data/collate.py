@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from framework.data.batch import Batch  # defined with the TrainBatch protocol; streams import it from here too
 from framework.data.plan import derive_seed
 
 
@@ -32,30 +33,6 @@ class Group:
     valid: list[bool]
     scores: list[float] | None
     has_negatives: bool
-
-
-@dataclass
-class Batch:
-    """What the trainer consumes."""
-
-    q_ids_QL: torch.Tensor
-    q_mask_QL: torch.Tensor
-    p_ids_PL: torch.Tensor
-    p_mask_PL: torch.Tensor
-    passage_valid_P: torch.Tensor
-    """False for placeholder passages of queries without negatives."""
-    teacher_scores_QG: torch.Tensor | None
-    """Reranker scores when every query of the batch carries them."""
-    group_size: int
-    stream: tuple
-    """(source, bucket) the batch was drawn from."""
-    keys: list[str]
-    num_tokens: int
-    """Real (unpadded) tokens in queries and passages."""
-    num_padded_tokens: int
-    """Tokens including padding: num_tokens / num_padded_tokens is the padding efficiency."""
-    stats: dict[str, int]
-    """Records counted by reason (bad, truncated, no negatives...) since the previous batch."""
 
 
 def choose_group(record: dict, text_ids: list[Sequence[int]], group_size: int, seed: int, epoch: int,

@@ -16,10 +16,8 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-import torch
-
+from framework.data.batch import TextBatch  # defined with the TrainBatch protocol; imported from here too
 from framework.data.collate import pad_to_multiple
 from framework.data.format import JSON_EXT, TOKENS_EXT, decode_token_ids
 from framework.data.plan import ShardRef
@@ -28,23 +26,6 @@ from framework.data.reader import ShardError, iter_samples
 # _SlotReader is the pair stream's private slot reader: reused (not copied) for its windows, shuffle
 # and bad-record budget; only next_batch differs.
 from framework.data.stream import PairStream, StreamConfig, StreamState, Validate, _SlotReader
-
-
-@dataclass
-class TextBatch:
-    """What the RetroMAE stage consumes."""
-
-    ids_BL: torch.Tensor
-    mask_BL: torch.Tensor
-    stream: tuple
-    """(source, bucket) the batch was drawn from."""
-    keys: list[str]
-    num_tokens: int
-    """Real (unpadded) tokens."""
-    num_padded_tokens: int
-    """Tokens including padding: num_tokens / num_padded_tokens is the padding efficiency."""
-    stats: dict[str, int]
-    """Records counted by reason (bad ones, truncated, short batches) since the previous batch."""
 
 
 def collate_documents(keys: list[str], docs: list[Sequence[int]], pad_id: int, stream: tuple,

@@ -96,8 +96,12 @@ class TrackingConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """What one evaluation computes."""
+    """What one evaluation computes. It is also a training stage's `evaluate` section (one definition):
+    there `benchmark_name` says what to evaluate the stage's export on."""
 
+    benchmark_name: str | None = None
+    """Stage-end evaluation: a benchmark name (ddtp, ddtp-dev) or BEIR directory; None: no evaluation.
+    `evaluate()` and `python -m framework evaluate --benchmark` take the benchmark as an argument instead."""
     modes: tuple[str, ...] = ()
     """Modes to report (dense, sparse, multivec, dense_sparse, all, bm25); () = all the model's heads allow."""
     k: int = 100
@@ -129,6 +133,25 @@ class EvalConfig:
     """faiss index of the dense search (exact inner product by default)."""
     bm25: BM25Config = field(default_factory=BM25Config)
     """BM25 baseline over the model's tokenizer."""
+
+    @classmethod
+    def expand_config(cls, raw: dict) -> dict:
+        """The config loader's hook for the short form of a stage's section, `{benchmark: NAME, tasks: [...],
+        max_queries: N, batch_size: B}`: the name goes to benchmark_name, tasks and max_queries into the
+        benchmark slice."""
+        raw = dict(raw)
+        if isinstance(raw.get("benchmark"), str):
+            if "benchmark_name" in raw:
+                raise ValueError("give the benchmark once: benchmark_name, or benchmark: NAME (short form)")
+            raw["benchmark_name"] = raw.pop("benchmark")
+        moved = {key: raw.pop(key) for key in ("tasks", "max_queries", "max_corpus", "split") if key in raw}
+        if moved:
+            if isinstance(raw.get("benchmark"), dict):
+                clash = sorted(set(moved) & set(raw["benchmark"]))
+                if clash:
+                    raise ValueError(f"{clash} given twice: at the top and in benchmark; keep one")
+            raw["benchmark"] = {**(raw.get("benchmark") or {}), **moved}
+        return raw
 
     def __post_init__(self) -> None:
         known = (*BASE_MODES, MCLS_MODE)

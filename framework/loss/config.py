@@ -13,9 +13,12 @@ Two presets (`LossConfig.preset`):
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
+from typing import Literal
 
-KD_LOSS_TYPES = ("kl_div", "m3_kd_loss")
+KdLossType = Literal["kl_div", "m3_kd_loss"]
+KD_LOSS_TYPES = typing.get_args(KdLossType)
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,8 @@ class HeadWeights:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Everything the M3 loss needs; build it with `LossConfig.preset(name, **overrides)`."""
+    """Everything the M3 loss needs; build it with `LossConfig.preset(name, **overrides)`, or in a run
+    config as `loss: {preset: reference, use_sparse: false}` (the loader calls `expand_config`)."""
 
     temperature: float = 0.02
     """Every score matrix is divided by this before softmax (the reference's --temperature)."""
@@ -68,7 +72,7 @@ class LossConfig:
     """Self-distillation applies when step > this (the reference's rule; -1 = from the first step)."""
     detach_teacher: bool = True
     """Stop the gradient through the ensemble teacher (the reference detaches; eq. 5 does not)."""
-    kd_loss_type: str = "kl_div"
+    kd_loss_type: KdLossType = "kl_div"
     """How reranker teacher scores (pos_scores/neg_scores) are used: 'kl_div' or 'm3_kd_loss'."""
 
     def __post_init__(self) -> None:
@@ -96,6 +100,16 @@ class LossConfig:
     def lambdas(self) -> HeadWeights:
         """(lambda1, lambda2, lambda3) of the per-head InfoNCE and KD terms."""
         return HeadWeights(self.dense_lambda, self.sparse_lambda, self.colbert_lambda)
+
+    @classmethod
+    def expand_config(cls, raw: dict) -> dict:
+        """The config loader's hook: `{preset: name, **fields}` -> the preset's fields with `fields` on top
+        (no preset: 'reference'). Unknown fields are left for the loader to name."""
+        raw = dict(raw)
+        name = raw.pop("preset", "reference")
+        if name not in _PRESETS:
+            raise ValueError(f"unknown preset {name!r}; use one of {sorted(_PRESETS)}")
+        return {**_PRESETS[name], **raw}
 
     @classmethod
     def preset(cls, name: str = "reference", **overrides) -> "LossConfig":

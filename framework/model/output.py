@@ -25,3 +25,6 @@ class M3Output:
     """colbert_linear(h[:, 1:]): L here is the input length - 1 (CLS dropped, </s> kept); zero at padding."""
     colbert_mask_BL: torch.Tensor | None = None
     """attention_mask[:, 1:], the mask of colbert_BLC."""
+    computed_positions: int | None = None
+    """Token positions the encoder's token-wise layers actually ran on for this output (set by the
+    encoding code); None = every padded position (token_ids_BL.numel())."""

@@ -43,10 +43,6 @@ class DistEnv:
     launcher: str
     """'torchrun', 'deepspeed', 'env' (RANK set by hand or another launcher), 'slurm' or 'single'."""
 
-    @property
-    def is_distributed(self) -> bool:
-        return self.world_size > 1
-
 
 def detect_env(environ: Mapping[str, str] | None = None) -> DistEnv:
     """The DistEnv described by `environ` (default os.environ); ValueError names a bad variable."""

@@ -1,4 +1,4 @@
-"""Training: the objective (model + loss) and, with the training issue, the engine and curriculum."""
-from framework.train.objective import M3Objective, head_scores
+"""Training: the objective (model + loss), the stage kinds (tasks/), the engine, the loop and the curriculum."""
+from framework.train.objective import ForwardReport, M3Objective, ObjectiveOutput, head_scores
 
-__all__ = ["M3Objective", "head_scores"]
+__all__ = ["ForwardReport", "M3Objective", "ObjectiveOutput", "head_scores"]

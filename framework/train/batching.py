@@ -11,10 +11,13 @@ over the bucket's edge and the global batch follows from it. DeepSpeed gets the 
 """
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from framework.data.buckets import BucketConfig
 from framework.train.config import StageConfig
+from framework.train.tasks import task_class
 
 
 @dataclass(frozen=True)
@@ -43,8 +46,19 @@ class BatchPlan:
         return self.micro_per_rank[bucket] * self.accumulation * self.world_size
 
 
-def plan_batches(stage: StageConfig, world_size: int, manifest_edges: tuple[int, ...] | None) -> BatchPlan:
-    """The stage's batch plan at `world_size` ranks; ValueError naming the field when it cannot work."""
+def samples_per_bucket(manifest, sources: list[str] | tuple[str, ...] = ()) -> dict[int, int]:
+    """Bucket index -> samples of a manifest's shards (of `sources`, or all)."""
+    counts: Counter = Counter()
+    for shard in manifest.shards:
+        if shard.num_samples and (not sources or shard.source in sources):
+            counts[shard.bucket] += shard.num_samples
+    return dict(counts)
+
+
+def plan_batches(stage: StageConfig, world_size: int, manifest_edges: tuple[int, ...] | None,
+                 populated: Mapping[int, int] | None = None) -> BatchPlan:
+    """The stage's batch plan at `world_size` ranks; ValueError naming the field when it cannot work.
+    `populated` (bucket index -> samples the stage's shards hold) lets it refuse buckets it gives no size."""
     try:
         buckets: BucketConfig = stage.data.buckets.bucket_config(manifest_edges)
     except ValueError as err:
@@ -57,12 +71,9 @@ def plan_batches(stage: StageConfig, world_size: int, manifest_edges: tuple[int,
     # Buckets that start above the truncation length cannot hold a sample: leave them out of the plan.
     longest = max(stage.data.query_max_length, stage.data.passage_max_length)
     micro = {i: n for i, n in micro.items() if i == 0 or buckets.edges[i - 1] < longest}
-    # Without hard negatives a query's negatives are the other passages its loss sees: this rank's, or
-    # every rank's when the dense scores are gathered.
-    seen = world_size if stage.gather.dense else 1
-    if stage.kind == "contrastive" and stage.data.group_size == 1 and min(micro.values()) * seen < 2:
-        raise ValueError(f"stages.{stage.name}: group size 1 with one query per step has no negative at all "
-                         "(the loss is 0); raise the batch size or the group size")
+    if populated:
+        _check_sizes(stage, buckets, micro, populated)
+    task_class(stage.kind).check_plan(stage, micro, world_size)
     plan = BatchPlan(micro, stage.accumulation, world_size, steps=1)
     if stage.steps is not None:
         steps = stage.steps
@@ -72,3 +83,22 @@ def plan_batches(stage: StageConfig, world_size: int, manifest_edges: tuple[int,
             raise ValueError(f"stages.{stage.name}.samples={stage.samples} is less than one global batch "
                              f"({plan.global_batch}); raise samples or give steps")
     return BatchPlan(micro, stage.accumulation, world_size, steps)
+
+
+def _check_sizes(stage: StageConfig, buckets: BucketConfig, micro: dict[int, int],
+                 populated: Mapping[int, int]) -> None:
+    """Every bucket the shards fill needs a batch size; name the field and the smallest value that works."""
+    where = f"stages.{stage.name}.data"
+    longest = max(stage.data.query_max_length, stage.data.passage_max_length)
+    missing = sorted(b for b, n in populated.items() if n and b not in micro and b < len(buckets.edges))
+    too_long = [b for b in missing if b > 0 and buckets.edges[b - 1] >= longest]
+    unsized = [b for b in missing if b not in too_long]
+    if unsized:  # only a token budget leaves buckets without a size (a total_batch table sizes every edge)
+        edge = buckets.edges[unsized[-1]]
+        raise ValueError(f"{where}.buckets.tokens_per_rank={buckets.tokens_per_rank} is below the length bucket "
+                         f"edge {edge} that the shards fill ({sum(populated[b] for b in unsized)} samples in "
+                         f"buckets up to {edge} tokens get no batch); use at least tokens_per_rank: {edge}")
+    if too_long:
+        raise ValueError(f"the shards hold {sum(populated[b] for b in too_long)} samples in length buckets above "
+                         f"{buckets.edges[too_long[0] - 1]} tokens, but {where} truncates at {longest}; re-shard "
+                         f"with tools/make_shards.py --max-length {longest}, or raise {where}.passage_max_length")

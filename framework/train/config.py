@@ -4,28 +4,37 @@
       model        ModelConfig (framework/model/config.py): starting point, heads, checkpointing
       engine       DeepSpeed config file, precision, ZeRO stage override
       tracking     MLflow store and experiment
-      checkpoint   interval, how many to keep, resume policy, exports
-      stages       [StageConfig]: data, loss, optimiser, gather, split-batch, length, freezing
+      checkpoint   interval, how many to keep, resume policy
+      stages       [StageConfig]: kind, data, optimiser, freezing, evaluation, and the kind's own sections
+                   (contrastive: loss, gather, split_batch; retromae: retromae)
 
 A run config is a YAML file (examples in configs/) plus dotted overrides; `load_run_config` resolves
-and validates it before any process group starts. Batch sizes that depend on the world size are derived
-later, once, in framework/train/batching.py.
+and validates it before any process group starts. Checks within a section live in its __post_init__;
+every check that spans sections is `check_stage` (it asks the stage's kind, framework/train/tasks/, the
+registry of kinds). Batch sizes that depend on the world size are derived later, once, in
+framework/train/batching.py.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
-from framework.config import apply_overrides, from_dict, read_yaml
+from framework.config import apply_overrides, check_choices, from_dict, read_yaml
 from framework.data.buckets import DEFAULT_EDGES, PAPER_EDGES, BucketConfig
+from framework.evaluate.config import EvalConfig
 from framework.loss import LossConfig
 from framework.model.config import ModelConfig
+from framework.pretrain.config import RetroMAEConfig
+from framework.train.tasks import TASKS, task_class
 
-STAGE_KINDS = ("contrastive", "retromae")
-SCHEDULES = ("linear", "cosine", "constant")
-PRECISIONS = ("auto", "bf16", "fp32")
+Schedule = Literal["linear", "cosine", "constant"]
+Precision = Literal["auto", "bf16", "fp32"]
+SCHEDULES = typing.get_args(Schedule)
+PRECISIONS = typing.get_args(Precision)
 NAMED_EDGES = {"default": DEFAULT_EDGES, "paper": PAPER_EDGES}
 
 
@@ -35,18 +44,15 @@ class EngineConfig:
 
     deepspeed_config: str = "ds_configs/zero2.json"
     """DeepSpeed JSON (ZeRO, precision details, bucket sizes); batch, lr and clipping are injected."""
-    zero_stage: int | None = None
+    zero_stage: Literal[0, 1, 2, 3] | None = None
     """Override of the file's zero_optimization.stage (0-3); None keeps the file's."""
-    precision: str = "auto"
+    precision: Precision = "auto"
     """'bf16' (GPU), 'fp32' (CPU), or 'auto': bf16 when CUDA is available, else fp32."""
     backend: str | None = None
     """torch.distributed backend; None = nccl with CUDA, gloo otherwise."""
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"engine.precision={self.precision!r}: use one of {PRECISIONS}")
-        if self.zero_stage is not None and self.zero_stage not in (0, 1, 2, 3):
-            raise ValueError(f"engine.zero_stage={self.zero_stage}: use 0, 1, 2 or 3 (or null for the file's)")
+        check_choices(self, "engine")
 
 
 @dataclass(frozen=True)
@@ -75,17 +81,14 @@ class CheckpointConfig:
     """Optimizer steps between checkpoints (one is always written at each stage end); 0 = stage ends only."""
     keep_last: int = 2
     """Checkpoints kept on disk (older ones are deleted once a newer one is complete)."""
-    resume: str = "auto"
+    resume: Literal["auto", "never", "must"] = "auto"
     """'auto': continue from output_dir's latest checkpoint if there is one; 'never': refuse a used
     output_dir; 'must': fail unless a checkpoint exists."""
-    export_stages: bool = True
-    """Write a BGE-M3 directory at each stage end (the next stage starts from it)."""
 
     def __post_init__(self) -> None:
         if self.every_steps < 0 or self.keep_last < 1:
             raise ValueError("checkpoint.every_steps must be >= 0 and checkpoint.keep_last >= 1")
-        if self.resume not in ("auto", "never", "must"):
-            raise ValueError(f"checkpoint.resume={self.resume!r}: use 'auto', 'never' or 'must'")
+        check_choices(self, "checkpoint")
 
 
 @dataclass(frozen=True)
@@ -173,7 +176,7 @@ class OptimConfig:
     """Fraction of the stage's steps with linear warm-up (ignored when warmup_steps is set)."""
     warmup_steps: int | None = None
     """Warm-up length in optimizer steps."""
-    schedule: str = "linear"
+    schedule: Schedule = "linear"
     """Decay after warm-up: 'linear' (to 0, the reference's), 'cosine' or 'constant'."""
     grad_clip: float = 1.0
     """Gradient-norm clipping (0: off)."""
@@ -181,8 +184,7 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if self.lr <= 0:
             raise ValueError(f"optim.lr={self.lr}: use a positive learning rate")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"optim.schedule={self.schedule!r}: use one of {SCHEDULES}")
+        check_choices(self, "optim")
         if not 0 <= self.warmup_ratio < 1 or (self.warmup_steps is not None and self.warmup_steps < 0):
             raise ValueError("optim.warmup_ratio must lie in [0, 1) and optim.warmup_steps be >= 0")
 
@@ -196,17 +198,17 @@ class GatherConfig:
 
     dense: bool = True
     """Dense InfoNCE against all ranks' passages (cross-device negatives, the reference's default)."""
-    scores: str = "local_rows"
+    scores: Literal["local_rows", "all_rows"] = "local_rows"
     """'local_rows': this rank's queries x all passages, the passages' gradient all-reduced in backward
     (a (Q, S) matrix: 188 MB instead of 18 GB per rank at the paper's 96-GPU unsupervised batch);
     'all_rows': all queries x all passages on every rank, as the reference computes it."""
     rescale_grad: bool = True
-    """all_rows only: scale the gradient by the world size so it equals one process on the whole batch;
-    False reproduces the reference (its cross-device dense gradient is 1/world of that)."""
+    """all_rows: scale the gradient by the world size so it equals one process on the whole batch;
+    False reproduces the reference (its cross-device dense gradient is 1/world of that). local_rows
+    always gives the single-process gradient, so there False is refused (the stage's kind checks it)."""
 
     def __post_init__(self) -> None:
-        if self.scores not in ("local_rows", "all_rows"):
-            raise ValueError(f"gather.scores={self.scores!r}: use 'local_rows' or 'all_rows'")
+        check_choices(self, "gather")
 
 
 @dataclass(frozen=True)
@@ -232,27 +234,14 @@ class SplitBatchConfig:
 
 
 @dataclass(frozen=True)
-class EvalConfig:
-    """Evaluation at the stage end (framework/evaluate)."""
-
-    benchmark: str | None = None
-    """Benchmark name or BEIR directory; None: no evaluation."""
-    tasks: list[str] = field(default_factory=list)
-    """Tasks (directions) of the benchmark to run, e.g. [de, de-en] (empty: all)."""
-    max_queries: int | None = None
-    """Queries per task (None: all)."""
-    batch_size: int = 64
-    """Encoding batch size."""
-
-
-@dataclass(frozen=True)
 class StageConfig:
     """One stage of the curriculum."""
 
     name: str
     """Unique name (used in paths, MLflow run names and overrides: stages.<name>.field=...)."""
     kind: str = "contrastive"
-    """'contrastive' (the M3 loss on pairs) or 'retromae' (pre-training on plain text)."""
+    """A kind of the registry (framework/train/tasks/): 'contrastive' (the M3 loss on pairs) or 'retromae'
+    (pre-training on plain text)."""
     steps: int | None = None
     """Optimizer steps of the stage."""
     samples: int | None = None
@@ -261,8 +250,9 @@ class StageConfig:
     """Micro-batches per optimizer step."""
     data: DataConfig = field(default_factory=lambda: DataConfig(manifest="-"))
     """Shards, sampling, buckets."""
-    loss: dict[str, Any] = field(default_factory=dict)
-    """{'preset': 'reference' | 'paper', <LossConfig field>: value, ...} (framework/loss/config.py)."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """Kind contrastive: the M3 loss; in YAML `{preset: reference | paper, <LossConfig field>: value}`
+    (framework/loss/config.py; no preset: reference)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimiser and schedule."""
     gather: GatherConfig = field(default_factory=GatherConfig)
@@ -271,38 +261,30 @@ class StageConfig:
     """Sub-batch encoding."""
     freeze: list[str] = field(default_factory=list)
     """Regexes of parameter names not trained, e.g. 'encoder\\.embeddings\\.position' or '^encoder\\.'."""
-    on_nonfinite: str = "stop"
-    """NaN/inf loss: 'stop' (name the step and the last good checkpoint) or 'skip' the step."""
-    retromae: dict[str, Any] = field(default_factory=dict)
-    """RetroMAEConfig fields for kind 'retromae' (framework/pretrain)."""
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    """NaN/inf loss on any rank: 'stop' (name the step and the last good checkpoint) or 'skip' that
+    optimizer step on every rank (counted in the metrics)."""
+    retromae: RetroMAEConfig = field(default_factory=RetroMAEConfig)
+    """Kind retromae: masking, decoder and loss weights (framework/pretrain/config.py)."""
     evaluate: EvalConfig = field(default_factory=EvalConfig)
-    """Evaluation at the stage end."""
+    """Evaluation of the stage's export at its end (framework/evaluate/config.py; `benchmark: NAME` for
+    short, tasks and max_queries at the top level are accepted too)."""
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_-]+", self.name or ""):
             raise ValueError(f"stage name {self.name!r}: use letters, digits, '_' or '-'")
-        if self.kind not in STAGE_KINDS:
-            raise ValueError(f"stages.{self.name}.kind={self.kind!r}: use one of {STAGE_KINDS}")
+        if self.kind not in TASKS:
+            raise ValueError(f"stages.{self.name}.kind={self.kind!r}: use one of {sorted(TASKS)}")
         if (self.steps is None) == (self.samples is None):
             raise ValueError(f"stages.{self.name}: give exactly one of steps or samples")
         if (self.steps or self.samples or 0) < 1 or self.accumulation < 1:
             raise ValueError(f"stages.{self.name}: steps/samples and accumulation must be >= 1")
-        if self.on_nonfinite not in ("stop", "skip"):
-            raise ValueError(f"stages.{self.name}.on_nonfinite={self.on_nonfinite!r}: use 'stop' or 'skip'")
+        check_choices(self, f"stages.{self.name}")
         for pattern in self.freeze:
             try:
                 re.compile(pattern)
             except re.error as err:
                 raise ValueError(f"stages.{self.name}.freeze: {pattern!r} is not a regex: {err}") from err
-        if self.kind == "contrastive":
-            loss = self.loss_config()
-            if self.gather.dense and self.gather.scores == "local_rows" and loss.kd_loss_type == "m3_kd_loss":
-                raise ValueError(f"stages.{self.name}: loss.kd_loss_type m3_kd_loss distils over all ranks' rows; "
-                                 f"set stages.{self.name}.gather.scores=all_rows or use kd_loss_type kl_div")
-
-    def loss_config(self) -> LossConfig:
-        fields = dict(self.loss)
-        return LossConfig.preset(fields.pop("preset", "reference"), **fields)
 
 
 @dataclass(frozen=True)
@@ -337,13 +319,24 @@ class RunConfig:
             raise ValueError("model.path is empty: give a HF or BGE-M3 model directory to start from "
                              "(tools/build_model.py makes one)")
         for stage in self.stages:
-            if stage.kind != "contrastive":
-                continue
-            loss = stage.loss_config()
-            for head in ("dense", "sparse", "colbert"):
-                if getattr(loss, f"use_{head}") and not getattr(self.model, head):
-                    raise ValueError(f"stages.{stage.name}.loss.use_{head} is on but model.{head} is false; "
-                                     f"switch the head on or set stages.{stage.name}.loss.use_{head}=false")
+            check_stage(stage, self)
+
+
+def check_stage(stage: StageConfig, run: RunConfig) -> None:
+    """Every check that spans sections of a stage (or the stage and the run), in one place: the sections
+    another kind reads must be left at their defaults, then the stage's kind checks its own."""
+    task = task_class(stage.kind)
+    owners = {name: sorted(t.kind for t in TASKS.values() if name in t.sections)
+              for t in TASKS.values() for name in t.sections}
+    for f in dataclasses.fields(stage):
+        if f.name in owners and f.name not in task.sections and getattr(stage, f.name) != _default(f):
+            raise ValueError(f"stages.{stage.name}.{f.name} applies to kind {' / '.join(owners[f.name])}, not "
+                             f"{stage.kind}; remove it from the stage")
+    task.check(stage, run)
+
+
+def _default(f: dataclasses.Field):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 def load_run_config(path: str | Path | None, overrides: list[str] = (), data: dict | None = None) -> RunConfig:

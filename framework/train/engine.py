@@ -3,6 +3,12 @@
 The optimiser is torch's AdamW passed as a client object (DeepSpeed's own Adam variants need a JIT
 build of a C++/CUDA op; on CUDA torch's fused AdamW is used instead). The learning-rate schedule is a
 LambdaLR that DeepSpeed steps at each optimizer step (not at each micro-batch).
+
+Skipping an update. Every ZeRO stage ends in the client optimizer's `step()`, so withholding that one
+call (`UpdateGate.withheld`) skips an update while `engine.step()` still runs: DeepSpeed's
+micro-step counter, its accumulation boundary and the schedule stay where the trainer's step count
+says (framework/train/steps.py). Skipping `engine.backward`/`engine.step` instead would shift
+DeepSpeed's accumulation boundary against the trainer's steps as soon as accumulation > 1.
 """
 from __future__ import annotations
 
@@ -12,7 +18,10 @@ import logging
 import math
 import re
 import sys
+import types
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -89,7 +98,48 @@ def freeze(module: nn.Module, patterns: list[str]) -> list[str]:
     return sorted(frozen_set)
 
 
-def adamw(module: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+class UpdateGate:
+    """Withholds a torch optimizer's updates on request: inside `withheld(True)` its step() changes nothing
+    (parameters, moments, step counts). The optimizer keeps its type (DeepSpeed's ZeRO accepts only the
+    optimizer classes it lists) and its step method is wrapped on the instance."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.optimizer, self.holding = optimizer, False
+        self.num_withheld = 0
+        """Updates withheld since construction."""
+        update = optimizer.step
+
+        def step(opt, *args, **kwargs):
+            if self.holding:
+                self.num_withheld += 1
+                return None
+            return update(*args, **kwargs)
+
+        # Bound to the instance, so LambdaLR's own wrapper (it re-binds step.__func__) still reaches it.
+        optimizer.step = types.MethodType(step, optimizer)
+
+    @contextmanager
+    def withheld(self, hold: bool = True):
+        """Withhold the updates of the optimizer steps run inside (when `hold`)."""
+        self.holding = hold
+        try:
+            yield
+        finally:
+            self.holding = False
+
+
+class BuiltEngine(NamedTuple):
+    """What build_engine returns."""
+
+    engine: Any
+    """The DeepSpeed engine around the objective."""
+    updates: UpdateGate
+    """The gate on the client optimizer: the one place an update can be withheld."""
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    """The learning-rate schedule DeepSpeed steps at each applied optimizer step."""
+
+
+def adamw(module: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     """AdamW over trainable parameters; no weight decay on biases and norm weights."""
     decay, no_decay = [], []
     for name, param in module.named_parameters():
@@ -126,14 +176,16 @@ def skip_shm_op_build() -> None:
         module.build_shm_op = lambda *args, **kwargs: None
 
 
-def build_engine(module: nn.Module, optim: OptimConfig, plan: BatchPlan, ds_config: dict):
-    """deepspeed.initialize with the client optimiser and schedule; returns (engine, optimizer, scheduler)."""
+def build_engine(module: nn.Module, optim: OptimConfig, plan: BatchPlan, ds_config: dict) -> BuiltEngine:
+    """deepspeed.initialize with the client optimiser (behind an UpdateGate) and the schedule."""
     import deepspeed
 
     skip_shm_op_build()
     factor = lr_factor(optim.schedule, optim.warmup(plan.steps), plan.steps)
+    client = adamw(module, optim)
+    gate = UpdateGate(client)
     # A callable, so the schedule drives the optimizer DeepSpeed wraps (ZeRO replaces the param groups).
-    engine, optimizer, _, scheduler = deepspeed.initialize(
-        model=module, optimizer=adamw(module, optim), config=ds_config,
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=module, optimizer=client, config=ds_config,
         lr_scheduler=lambda wrapped: torch.optim.lr_scheduler.LambdaLR(wrapped, factor))
-    return engine, optimizer, scheduler
+    return BuiltEngine(engine, gate, scheduler)

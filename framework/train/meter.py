@@ -1,14 +1,38 @@
-"""Per-step metrics and the rank-0 progress line.
+"""Per-step metrics and the rank-0 console lines.
 
 Loss terms are averaged over the micro-batches of a logging window and then over ranks; token and
-sample counts are summed over ranks, so tokens/s is the whole job's throughput.
+sample counts are summed over ranks, so tokens/s is the whole job's throughput. Padding efficiency is
+real tokens / token positions the encoder computed on: the objective's report when it has one (unpadded
+encoding), else the batch's padded size. Skipped optimizer steps (framework/train/steps.py) are counted
+by reason, with the samples they held; the records each stream counted (bad ones, truncated...) are kept
+per window too, so the console can say what was lost at the log step where it happened.
 """
 from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 
+from framework.data.batch import TrainBatch
 from framework.parallel import all_gather_object, all_reduce_mean, all_reduce_sum
+from framework.train.objective import ForwardReport
+
+# Reasons the streams count that are not bad records (a record was used, perhaps cut or padded out).
+NOT_BAD = frozenset({"truncated", "no_negatives", "short_batches"})
+
+
+@dataclass
+class Window:
+    """One logging window over all ranks."""
+
+    metrics: dict[str, float]
+    """What the tracker logs: loss terms, throughput, padding efficiency, skips, cumulative records."""
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Skipped optimizer steps by reason (every rank skips the same steps)."""
+    skipped_samples: int = 0
+    """Samples of the skipped steps, summed over ranks."""
+    bad_records: dict[str, int] = field(default_factory=dict)
+    """Bad records the streams met in this window, by reason, summed over ranks."""
 
 
 class Meter:
@@ -23,42 +47,57 @@ class Meter:
         # Loss terms stay tensors until collect(): converting each micro-batch would sync the device.
         self.terms: dict = defaultdict(float)
         self.micro = 0
-        self.samples = self.tokens = self.padded = 0
-        self.skipped = 0
+        self.samples = self.tokens = self.positions = 0
+        self.skipped: Counter = Counter()
+        self.skipped_samples = 0
+        self.window_records: Counter = Counter()
         self.start = time.monotonic()
         self.bucket = -1
 
-    def add(self, terms: dict, num_samples: int, num_tokens: int, num_padded: int, bucket: int,
-            stats: dict[str, int]) -> None:
+    def add(self, batch: TrainBatch, terms: dict, report: ForwardReport = ForwardReport()) -> None:
+        """A micro-batch that trained: its loss terms (detached tensors) and what it held."""
         for key, value in terms.items():
             self.terms[key] += value
         self.micro += 1
-        self.samples += num_samples
-        self.tokens += num_tokens
-        self.padded += num_padded
-        self.bucket = bucket
-        self.records.update(stats)
+        self.samples += batch.num_samples
+        self.tokens += batch.num_tokens
+        self.positions += batch.num_padded_tokens if report.computed_positions is None else report.computed_positions
+        self.bucket = batch.bucket
+        self._count(batch)
 
-    def skip(self) -> None:
-        self.skipped += 1
+    def skip(self, batches: list[TrainBatch], reason: str) -> None:
+        """An optimizer step skipped on every rank, with the micro-batches it would have trained on."""
+        self.skipped[reason] += 1
+        self.skipped_samples += sum(b.num_samples for b in batches)
+        for batch in batches:
+            self._count(batch)
 
-    def collect(self) -> dict[str, float]:
+    def _count(self, batch: TrainBatch) -> None:
+        self.records.update(batch.stats)
+        self.window_records.update(batch.stats)
+
+    def collect(self) -> Window:
         """Window metrics over all ranks (a collective: every rank calls it), then a new window."""
         elapsed = max(time.monotonic() - self.start, 1e-9)
         means = all_reduce_mean({k: float(v) / max(self.micro, 1) for k, v in self.terms.items()})
-        sums = all_reduce_sum({"samples": self.samples, "tokens": self.tokens, "padded": self.padded,
-                               "skipped": self.skipped})
+        sums = all_reduce_sum({"samples": self.samples, "tokens": self.tokens, "positions": self.positions,
+                               "skipped_samples": self.skipped_samples})
         # Ranks meet different kinds of bad records, so the counters go as objects, not a fixed tensor.
-        records = sum((Counter(c) for c in all_gather_object(dict(self.records))), Counter())
+        both = all_gather_object((dict(self.records), dict(self.window_records)))
+        records = sum((Counter(total) for total, _ in both), Counter())
+        window = sum((Counter(recent) for _, recent in both), Counter())
         metrics = dict(means)
-        metrics["samples_per_s"] = sums.pop("samples") / elapsed
+        metrics["samples_per_s"] = sums["samples"] / elapsed
         metrics["tokens_per_s"] = sums["tokens"] / elapsed
-        metrics["padding_efficiency"] = sums.pop("tokens") / max(sums.pop("padded"), 1)
-        metrics["skipped_steps"] = sums.pop("skipped")
+        metrics["padding_efficiency"] = sums["tokens"] / max(sums["positions"], 1)
+        metrics["skipped_steps"] = float(sum(self.skipped.values()))
+        metrics["skipped_samples"] = sums["skipped_samples"]
         metrics["bucket"] = self.bucket
         metrics.update({f"records_{k}": float(v) for k, v in records.items()})
+        out = Window(metrics, dict(self.skipped), int(sums["skipped_samples"]),
+                     {k: int(v) for k, v in sorted(window.items()) if k not in NOT_BAD and v})
         self._reset()
-        return metrics
+        return out
 
 
 def progress_line(stage: str, step: int, total: int, metrics: dict[str, float], elapsed_s: float,
@@ -71,3 +110,20 @@ def progress_line(stage: str, step: int, total: int, metrics: dict[str, float], 
     return (f"[{stage}] step {step}/{total} {losses} lr={metrics.get('lr', 0):.2e} | "
             f"{metrics.get('tokens_per_s', 0):,.0f} tok/s {metrics.get('samples_per_s', 0):.1f} samples/s "
             f"pad-eff {metrics.get('padding_efficiency', 0):.2f} | eta {eta_text}")
+
+
+SKIP_REASONS = {"empty": "an empty micro-batch on some rank", "nonfinite": "a non-finite loss on some rank",
+                "overflow": "non-finite gradients (DeepSpeed skipped the update)"}
+
+
+def loss_lines(stage: str, step: int, since: int, window: Window) -> list[str]:
+    """The console lines of what a window lost: skipped steps, and the bad records the streams met."""
+    lines = []
+    if window.skipped:
+        why = ", ".join(f"{n} for {SKIP_REASONS.get(r, r)}" for r, n in sorted(window.skipped.items()))
+        lines.append(f"[{stage}] steps {since + 1}-{step}: skipped {sum(window.skipped.values())} optimizer "
+                     f"step(s) ({why}); {window.skipped_samples} samples not trained on")
+    if window.bad_records:
+        counts = ", ".join(f"{reason}={n}" for reason, n in window.bad_records.items())
+        lines.append(f"[{stage}] steps {since + 1}-{step}: bad records {counts} (counted, not trained on)")
+    return lines

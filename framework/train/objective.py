@@ -1,4 +1,5 @@
-"""Model + loss as one module: encode queries and passages, score every head, return named loss terms.
+"""Model + loss as one module: encode a batch's queries and passages, score every head, return named loss
+terms and a report (`ObjectiveOutput`, the output contract of every stage kind's objective).
 
 With `gather_dense`, the dense InfoNCE sees every rank's passages as negatives (framework/parallel's
 gather_with_grad explains the gradient semantics). `local_rows` (default) scores this rank's queries
@@ -12,6 +13,8 @@ R all ranks' queries, S all ranks' passages.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, NamedTuple
+
 import torch
 from torch import nn
 
@@ -20,9 +23,36 @@ from framework.model import M3Model, M3Output
 from framework.parallel import gather, gather_with_grad, world_size
 from framework.train.split_batch import encode, sub_batch_size
 
+if TYPE_CHECKING:
+    from framework.data.batch import Batch
+
 # Added to the raw score of a placeholder passage (a query without negatives): after the temperature
 # (1/0.02) it is far below any real score, so softmax gives it zero weight, yet it stays finite in bf16.
 INVALID_SCORE = -1e4
+
+
+class ForwardReport(NamedTuple):
+    """What a forward pass reports besides its losses (host values: reading them costs no device sync)."""
+
+    computed_positions: int | None = None
+    """Token positions the encoder's token-wise layers ran on; None: every padded position of the batch."""
+
+
+class ObjectiveOutput(NamedTuple):
+    """An objective's forward: named loss terms and a report. NamedTuples (not dataclasses), so that
+    DeepSpeed's ZeRO-3 hooks, which walk a module's outputs for tensors, see the terms."""
+
+    terms: dict[str, torch.Tensor]
+    """'*_loss' terms and 'loss', the total that backward uses (0-dim tensors)."""
+    report: ForwardReport
+
+
+def computed_positions(*outputs: M3Output) -> int | None:
+    """Positions the encoder computed on for these outputs (None when none reports it: all padded)."""
+    if all(out.computed_positions is None for out in outputs):
+        return None
+    return sum(out.token_ids_BL.numel() if out.computed_positions is None else out.computed_positions
+               for out in outputs)
 
 
 def head_scores(q: M3Output, p: M3Output, cfg: LossConfig) -> HeadScores:
@@ -36,8 +66,9 @@ def head_scores(q: M3Output, p: M3Output, cfg: LossConfig) -> HeadScores:
 
 
 def mask_invalid(scores: HeadScores, valid_P: torch.Tensor | None) -> HeadScores:
-    """Push placeholder passages' columns far below every real score in each head."""
-    if valid_P is None or bool(valid_P.all()):
+    """Push placeholder passages' columns far below every real score in each head. Always added (zeros
+    where every passage is valid): testing `valid_P.all()` first would sync the host with the device."""
+    if valid_P is None:
         return scores
     penalty_P = (~valid_P).to(torch.float32) * INVALID_SCORE
 
@@ -48,7 +79,8 @@ def mask_invalid(scores: HeadScores, valid_P: torch.Tensor | None) -> HeadScores
 
 
 class M3Objective(nn.Module):
-    """forward(query ids/mask, passage ids/mask, group_size, step) -> {"*_loss": ..., "loss": total}."""
+    """forward(batch, step) -> ObjectiveOutput({"*_loss": ..., "loss": total}, report); `batch` is a
+    framework.data.batch.Batch on the model's device, `step` the micro-step (self-distillation starts by it)."""
 
     def __init__(self, model: M3Model, loss_cfg: LossConfig, sub_batch: int | None = None,
                  sub_batch_tokens: int | None = None, gather_dense: bool = False, rescale_grad: bool = True,
@@ -68,17 +100,15 @@ class M3Objective(nn.Module):
         return encode(self.model, ids_BL, mask_BL, sub_batch_size(ids_BL.shape[1], self.sub_batch,
                                                                  self.sub_batch_tokens))
 
-    def forward(self, q_ids_QL: torch.Tensor, q_mask_QL: torch.Tensor, p_ids_PL: torch.Tensor,
-                p_mask_PL: torch.Tensor, group_size: int, step: int,
-                teacher_scores_QG: torch.Tensor | None = None,
-                passage_valid_P: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        q, p = self.encode(q_ids_QL, q_mask_QL), self.encode(p_ids_PL, p_mask_PL)
-        cfg = self.loss_cfg
-        scores = mask_invalid(head_scores(q, p, cfg), passage_valid_P)
+    def forward(self, batch: Batch, step: int) -> ObjectiveOutput:
+        q, p = self.encode(batch.q_ids_QL, batch.q_mask_QL), self.encode(batch.p_ids_PL, batch.p_mask_PL)
+        cfg, group_size, teacher_QG, valid_P = self.loss_cfg, batch.group_size, batch.teacher_scores_QG, \
+            batch.passage_valid_P
+        scores = mask_invalid(head_scores(q, p, cfg), valid_P)
         use_global = self.gather_dense and cfg.use_dense and world_size() > 1
-        dense_global = self._global_dense(q, p, teacher_scores_QG, passage_valid_P, group_size) if use_global \
-            else None
-        return m3_loss(scores, group_size, step, cfg, teacher_scores_QG, dense_global=dense_global)
+        dense_global = self._global_dense(q, p, teacher_QG, valid_P, group_size) if use_global else None
+        terms = m3_loss(scores, group_size, step, cfg, teacher_QG, dense_global=dense_global)
+        return ObjectiveOutput(terms, ForwardReport(computed_positions(q, p)))
 
     def _global_dense(self, q: M3Output, p: M3Output, teacher_scores_QG, valid_P, group_size: int) -> GlobalDense:
         if self.local_rows:

@@ -1,6 +1,12 @@
-"""One curriculum stage: build the model, engine and stream, run the steps, checkpoint, export.
+"""One curriculum stage: build the kind's task, the engine and the stream, run the steps, checkpoint, export.
 
-Shape legend: Q queries, P passages, L tokens.
+The stage kind (framework/train/tasks/) brings the objective, the stream and the export; this module
+knows nothing kind-specific. Each optimizer step: the micro-batches of the step (drawn one step ahead,
+framework/train/steps.py), forward and backward of each through the DeepSpeed engine, one agreement
+across ranks (finite losses, and whether the next step holds an empty micro-batch), then the update, or
+the update withheld on every rank when the step must be skipped.
+
+Shape legend: A micro-batches per optimizer step (accumulation).
 """
 from __future__ import annotations
 
@@ -12,17 +18,20 @@ from pathlib import Path
 import torch
 
 from framework.config import flatten, to_dict
+from framework.data.batch import TrainBatch
 from framework.data.manifest import load_manifest
 from framework.data.stream import ResumableLoader, StreamConfig
-from framework.parallel import all_reduce_sum, is_main, rank, world_size
+from framework.parallel import is_main, rank, world_size
 from framework.tracking import NullTracker
-from framework.train.batching import BatchPlan, plan_batches
+from framework.train.batching import plan_batches, samples_per_bucket
 from framework.train.checkpoint import Checkpoints, ResumePoint
 from framework.train.config import RunConfig
 from framework.train.engine import build_engine, freeze, resolve_ds_config, resolve_precision
-from framework.train.meter import Meter, progress_line
+from framework.train.meter import Meter, Window, loss_lines, progress_line
+from framework.train.objective import ObjectiveOutput
 from framework.train.preemption import Preempted, PreemptionWatch
-from framework.train.tasks import TASKS
+from framework.train.steps import PlannedStep, StepCounters, StepFeed, Verdict
+from framework.train.tasks import task_class
 
 log = logging.getLogger(__name__)
 
@@ -32,32 +41,31 @@ class NonFiniteLoss(RuntimeError):
 
 
 class StageRun:
-    """Everything one stage needs; `run()` trains it to the end and returns the export directory."""
+    """Everything one stage needs, built on construction; `run()` trains it to the end and returns the
+    export directory."""
 
     def __init__(self, run: RunConfig, index: int, start_dir: Path, tracker: NullTracker,
                  checkpoints: Checkpoints, resume: ResumePoint | None, preemption: PreemptionWatch | None = None):
         self.run_cfg, self.index, self.stage = run, index, run.stages[index]
         self.start_dir, self.tracker, self.checkpoints, self.resume = start_dir, tracker, checkpoints, resume
-        self.step = self.micro_step = 0
-        self.last_checkpoint: Path | None = resume.path if resume else None
         self.preemption = preemption
-
-    # ---- construction -------------------------------------------------------------------------
-    def build(self) -> None:
-        stage, run = self.stage, self.run_cfg
+        self.last_checkpoint: Path | None = resume.path if resume else None
+        stage = self.stage
         manifest = load_manifest(stage.data.manifest)
-        self.plan: BatchPlan = plan_batches(stage, world_size(), manifest.length_edges)
+        self.plan = plan_batches(stage, world_size(), manifest.length_edges,
+                                 samples_per_bucket(manifest, stage.data.sources))
         # Fresh parameters (heads of a plain HF start, a decoder) come from the run seed, alike on every rank.
-        torch.manual_seed(run.seed + self.index)
-        self.task = TASKS[stage.kind](run, stage, self.start_dir)
-        self.objective, self.tokenizer = self.task.objective, self.task.tokenizer
-        self.frozen = freeze(self.objective, stage.freeze)
+        torch.manual_seed(run.seed + index)
+        self.task = task_class(stage.kind)(run, stage, start_dir)
+        self.frozen = freeze(self.task.objective, stage.freeze)
         self.precision = resolve_precision(run.engine.precision)
         self.ds_config = resolve_ds_config(run.engine, self.plan, stage.optim, self.precision)
-        self.engine, self.optimizer, self.scheduler = build_engine(self.objective, stage.optim, self.plan,
-                                                                   self.ds_config)
-        self.task.after_engine(self.ds_config["zero_optimization"].get("stage", 0))
-        self.loader = self._loader()
+        self.engine, self.updates, self.scheduler = build_engine(self.task.objective, stage.optim, self.plan,
+                                                                 self.ds_config)
+        self.zero_stage = self.ds_config["zero_optimization"].get("stage", 0)
+        self.task.after_engine(self.zero_stage)
+        self.feed = StepFeed(self._loader(), self.plan.accumulation, self.plan.steps)
+        self.counters = StepCounters()
 
     def _loader(self) -> ResumableLoader:
         data = self.stage.data
@@ -67,21 +75,18 @@ class StageRun:
                            query_max_length=data.query_max_length, passage_max_length=data.passage_max_length,
                            shuffle_window=data.shuffle_window, sources=tuple(data.sources),
                            max_bad_fraction=data.max_bad_fraction)
-        stream_class = self.task.stream_class
         # DataLoader draws a base seed when an iterator starts; from its own generator it leaves the global
         # RNG (dropout) alone, so a resumed run's dropout draws match the uninterrupted run's.
-        return ResumableLoader(lambda state: stream_class.from_manifest(data.manifest, cfg, self.tokenizer, rank(),
-                                                                        world_size(), state),
+        return ResumableLoader(lambda state: self.task.stream(data.manifest, cfg, rank(), world_size(), state),
                                generator=torch.Generator().manual_seed(cfg.seed))
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> Path:
-        self.build()
         if self.resume is not None:
             client = self.checkpoints.load(self.engine, self.resume)
-            self.step, self.micro_step = client["step"], client["micro_step"]
-            self.loader.load_state_dict(client["data"])
-            log.info("resumed stage %s at step %d from %s", self.stage.name, self.step, self.resume.path)
+            self.counters.load_state_dict(client.get("steps", client))  # (older checkpoints: top-level step)
+            self.feed.load_state_dict(client["data"])
+            log.info("resumed stage %s at step %d from %s", self.stage.name, self.counters.step, self.resume.path)
         self._start_tracking()
         self.engine.train()  # from_pretrained leaves modules in eval mode: dropout must be on for training
         self._train()
@@ -91,62 +96,97 @@ class StageRun:
         return export
 
     def _train(self) -> None:
-        meter, batches = Meter(), iter(self.loader)
-        every = self.run_cfg.tracking.log_every
-        start, start_step = time.monotonic(), self.step
-        while self.step < self.plan.steps:
-            for _ in range(self.plan.accumulation):
-                self._micro_step(next(batches), meter)
-            self.step += 1
-            if self.step % every == 0 or self.step == self.plan.steps:
-                metrics = meter.collect()
-                metrics["lr"] = self.scheduler.get_last_lr()[0]
-                norm = self.engine.get_global_grad_norm()
-                if norm is not None:
-                    metrics["grad_norm"] = float(norm)
-                self.tracker.log_metrics(metrics, self.step)
-                if is_main():
-                    print(progress_line(self.stage.name, self.step, self.plan.steps, metrics,
-                                        time.monotonic() - start, self.step - start_step), flush=True)
+        meter, every, counters = Meter(), self.run_cfg.tracking.log_every, self.counters
+        start, start_step = time.monotonic(), counters.step
+        logged, planned = counters.step, self.feed.first(counters.step)
+        while counters.step < self.plan.steps:
+            planned = self._optimizer_step(planned, meter)
+            if counters.step % every == 0 or counters.step == self.plan.steps:
+                self._log(meter.collect(), logged, time.monotonic() - start, counters.step - start_step)
+                logged = counters.step
             every_ckpt = self.run_cfg.checkpoint.every_steps
             if self.preemption is not None and self.preemption.requested():
                 self.save_checkpoint()
-                raise Preempted(f"stage {self.stage.name} stopped at step {self.step}; checkpoint "
+                raise Preempted(f"stage {self.stage.name} stopped at step {counters.step}; checkpoint "
                                 f"{self.last_checkpoint}")
-            if every_ckpt and self.step % every_ckpt == 0 and self.step < self.plan.steps:
+            if every_ckpt and counters.step % every_ckpt == 0 and counters.step < self.plan.steps:
                 self.save_checkpoint()
 
-    def _micro_step(self, batch, meter: Meter) -> None:
-        terms = self.engine(*self.task.arguments(batch, self.engine.device, self.micro_step))
-        loss = terms["loss"]
-        finite = all_reduce_sum(torch.tensor([float(torch.isfinite(loss.detach()).all())]))
-        if float(finite[0]) < world_size():
-            self._non_finite(batch, meter)
-            return
-        self.engine.backward(loss)
-        self.engine.step()
-        self.micro_step += 1
-        meter.add({k: v.detach() for k, v in terms.items()}, self.task.num_samples(batch), batch.num_tokens,
-                  batch.num_padded_tokens, int(batch.stream[1]), batch.stats)
+    def _optimizer_step(self, planned: PlannedStep, meter: Meter) -> PlannedStep | None:
+        """Optimizer step counters.step + 1 on every rank; returns the next step, agreed on."""
+        step = self.counters.step + 1
+        if planned.runnable:
+            outputs = self._forward_backward(planned.batches, step)
+            verdict = self.feed.settle(step, torch.stack([torch.isfinite(o.terms["loss"]).all() for o in outputs]))
+            reason = self._update(planned.batches, verdict, step)
+        else:
+            verdict, reason = self.feed.settle(step, None), "empty"
+            self.scheduler.step()  # no engine step ran: the schedule follows the trainer's step count
+        if reason is None:
+            for batch, out in zip(planned.batches, outputs):
+                meter.add(batch, out.terms, out.report)
+        else:
+            self.counters.skipped[reason] += 1
+            meter.skip(planned.batches, reason)
+        self.counters.step = step
+        return verdict.next_step
 
-    def _non_finite(self, batch, meter: Meter) -> None:
-        where = (f"stage {self.stage.name}, optimizer step {self.step + 1}, micro-batch {self.micro_step} "
-                 f"(bucket {batch.stream[1]}, first sample {batch.keys[0] if batch.keys else '?'})")
-        if self.stage.on_nonfinite == "skip":
-            log.warning("non-finite loss at %s: micro-batch skipped", where)
-            meter.skip()
-            self.micro_step += 1
-            return
-        last = self.last_checkpoint or "none yet (the stage starts over)"
-        raise NonFiniteLoss(f"non-finite loss at {where}. Last good checkpoint: {last}. Lower the learning rate "
-                            f"or set stages.{self.stage.name}.on_nonfinite=skip, then resume.")
+    def _forward_backward(self, batches: list[TrainBatch], step: int) -> list[ObjectiveOutput]:
+        """Every micro-batch of the step through forward and backward; the update waits for the verdict."""
+        outputs, num = [], len(batches)
+        for k, batch in enumerate(batches):
+            out = self.task.forward(self.engine, batch.to(self.engine.device), self._micro(step, k))
+            self.engine.backward(out.terms["loss"])
+            if k < num - 1:
+                self.engine.step()  # not the accumulation boundary: DeepSpeed only counts the micro-step
+            outputs.append(ObjectiveOutput({n: t.detach() for n, t in out.terms.items()}, out.report))
+        return outputs
+
+    def _update(self, batches: list[TrainBatch], verdict: Verdict, step: int) -> str | None:
+        """The boundary engine.step(), its update withheld on a non-finite step; returns why the update
+        was skipped (None: applied)."""
+        if verdict.nonfinite:
+            where = self._where(step, verdict.nonfinite[0], batches[verdict.nonfinite[0]])
+            if self.stage.on_nonfinite == "stop":
+                last = self.last_checkpoint or "none yet (the stage starts over)"
+                raise NonFiniteLoss(f"non-finite loss at {where}. Last good checkpoint: {last}. Lower the "
+                                    f"learning rate or set stages.{self.stage.name}.on_nonfinite=skip, then resume.")
+            if is_main():
+                log.warning("non-finite loss at %s: optimizer step skipped on every rank", where)
+        with self.updates.withheld(bool(verdict.nonfinite)):
+            self.engine.step()
+        if not self.engine.was_step_applied():
+            # DeepSpeed met non-finite gradients and skipped the update and the schedule's step itself.
+            self.scheduler.step()
+            return "nonfinite" if verdict.nonfinite else "overflow"
+        return "nonfinite" if verdict.nonfinite else None
+
+    def _micro(self, step: int, k: int) -> int:
+        """Micro-batch index within the stage (the objectives' `step`: self-distillation start, mask seeds)."""
+        return (step - 1) * self.plan.accumulation + k
+
+    def _where(self, step: int, k: int, batch: TrainBatch) -> str:
+        return (f"stage {self.stage.name}, optimizer step {step}, micro-batch {self._micro(step, k)} (bucket "
+                f"{batch.bucket}, this rank's first sample {batch.keys[0] if batch.keys else '?'})")
 
     # ---- side effects -------------------------------------------------------------------------
+    def _log(self, window: Window, since: int, elapsed_s: float, steps_here: int) -> None:
+        step, metrics = self.counters.step, window.metrics
+        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        norm = self.engine.get_global_grad_norm()
+        if norm is not None:
+            metrics["grad_norm"] = float(norm)
+        self.tracker.log_metrics(metrics, step)
+        if is_main():
+            lines = [progress_line(self.stage.name, step, self.plan.steps, metrics, elapsed_s, steps_here),
+                     *loss_lines(self.stage.name, step, since, window)]
+            print("\n".join(lines), flush=True)
+
     def save_checkpoint(self) -> None:
-        client = {"stage": self.stage.name, "stage_index": self.index, "step": self.step,
-                  "micro_step": self.micro_step, "data": self.loader.state_dict(),
-                  "progress": {"step": self.step, "of": self.plan.steps}}
-        self.last_checkpoint = self.checkpoints.save(self.engine, self.stage.name, f"step{self.step:08d}", client)
+        step = self.counters.step
+        client = {"stage": self.stage.name, "stage_index": self.index, "steps": self.counters.state_dict(),
+                  "data": self.feed.state_dict(), "progress": {"step": step, "of": self.plan.steps}}
+        self.last_checkpoint = self.checkpoints.save(self.engine, self.stage.name, f"step{step:08d}", client)
 
     def _start_tracking(self) -> None:
         stage = self.stage
@@ -155,9 +195,9 @@ class StageRun:
                        "derived.global_batch": self.plan.global_batch, "derived.steps": self.plan.steps,
                        "derived.precision": self.precision, "derived.frozen_parameters": len(self.frozen),
                        "derived.start_dir": str(self.start_dir)})
-        zero = self.ds_config["zero_optimization"].get("stage", 0)
         self.tracker.start_stage(stage.name, params, {"stage": stage.name, "kind": stage.kind,
-                                                      "world_size": str(world_size()), "zero_stage": str(zero)})
+                                                      "world_size": str(world_size()),
+                                                      "zero_stage": str(self.zero_stage)})
         ds_path = self.checkpoints.stage_dir(stage.name) / "deepspeed_config.json"
         if is_main():
             ds_path.parent.mkdir(parents=True, exist_ok=True)

@@ -82,7 +82,7 @@ class Trainer:
             try:
                 export = StageRun(self.cfg, index, start_dir, self.tracker, self.checkpoints, resume,
                                   self.preemption).run()
-                if self.evaluate is not None and stage.evaluate.benchmark:
+                if self.evaluate is not None and stage.evaluate.benchmark_name:
                     self.evaluate(stage, export, self.tracker, self.output_dir)
                 status = "FINISHED"
             except Preempted:
