@@ -246,9 +246,11 @@ def _m3_loss(q, p, loss_cfg):
 
 def objective_step(model, loss_cfg, batch, sub_batch: int | None) -> None:
     """(a), (b), (d): the framework's M3Objective, in checkpointed sub-batches when sub_batch is set."""
+    from framework.data.batch import Batch
     from framework.train.objective import M3Objective
 
-    M3Objective(model, loss_cfg, sub_batch=sub_batch)(*batch, GROUP_SIZE, STEP)["loss"].backward()
+    inputs = Batch.of(*batch, group_size=GROUP_SIZE)
+    M3Objective(model, loss_cfg, sub_batch=sub_batch)(batch=inputs, step=STEP).terms["loss"].backward()
 
 
 def gradcache_step(model, loss_cfg, batch, sub_batch: int) -> None:

@@ -2,9 +2,10 @@
 
     python bench/train_overhead.py [--hidden 256 --layers 4 --queries 8 --group 4 --length 128 --steps 12 --zero 0]
 
-"ours" is what the trainer does per micro-batch (framework/train/stage.py): the DeepSpeed engine (ZeRO
-stage from --zero, fp32 on CPU) around M3Objective, the all-ranks finite-loss check, engine.backward,
-engine.step with clipping and the lr schedule, and the metric meter. "plain" is M3Objective's forward,
+"ours" is what the trainer does per optimizer step of one micro-batch (framework/train/stage.py): the
+DeepSpeed engine (ZeRO stage from --zero, fp32 on CPU) around M3Objective, engine.backward, the step's
+one all-ranks agreement (finite flags on the device, one all-reduce and one read), engine.step with
+clipping and the lr schedule behind the update gate, and the metric meter. "plain" is M3Objective's forward,
 loss.backward(), clip_grad_norm_, torch AdamW step and zero_grad. Both start from the same weights and
 see the same batch; steps alternate (plain, ours, plain, ...) so machine noise hits both alike, and the
 median step times are compared. Goal: ratio <= 1.10.
@@ -25,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from framework.loss import LossConfig  # noqa: E402
 from framework.model import M3Model, ModelConfig  # noqa: E402
+from framework.data.batch import Batch  # noqa: E402
 from framework.parallel import all_reduce_sum, init_distributed, shutdown  # noqa: E402
 from framework.train.batching import BatchPlan  # noqa: E402
 from framework.train.config import EngineConfig, OptimConfig  # noqa: E402
@@ -47,7 +49,7 @@ def make_batch(args, vocab: int = 8000):
     g = torch.Generator().manual_seed(0)
     q = torch.randint(5, vocab, (args.queries, args.length // 4), generator=g)
     p = torch.randint(5, vocab, (args.queries * args.group, args.length), generator=g)
-    return q, torch.ones_like(q), p, torch.ones_like(p)
+    return Batch.of(q, torch.ones_like(q), p, torch.ones_like(p), group_size=args.group)
 
 
 def main() -> None:
@@ -69,24 +71,25 @@ def main() -> None:
     plan = BatchPlan({0: args.queries}, 1, 1, args.steps)
     ds = resolve_ds_config(EngineConfig(deepspeed_config=str(REPO / f"ds_configs/zero{args.zero}.json")), plan,
                            optim, "fp32")
-    engine, _, _ = build_engine(M3Objective(copy.deepcopy(base), cfg).train(), optim, plan, ds)
+    engine, updates, _ = build_engine(M3Objective(copy.deepcopy(base), cfg).train(), optim, plan, ds)
     batch = make_batch(args)
     meter = Meter()
 
     def plain_step(step: int) -> None:
-        terms = plain(*batch, args.group, step)
+        terms = plain(batch=batch, step=step).terms
         terms["loss"].backward()
         torch.nn.utils.clip_grad_norm_(plain.parameters(), optim.grad_clip)
         plain_opt.step()
         plain_opt.zero_grad(set_to_none=True)
 
     def our_step(step: int) -> None:
-        terms = engine(*batch, args.group, step)
-        loss = terms["loss"]
-        all_reduce_sum(torch.tensor([float(torch.isfinite(loss.detach()).all())]))
+        out = engine(batch=batch, step=step)
+        loss = out.terms["loss"]
         engine.backward(loss)
-        engine.step()
-        meter.add({k: float(v.detach()) for k, v in terms.items()}, args.queries, 1, 1, 0, {})
+        finite = all_reduce_sum(torch.stack([torch.isfinite(loss.detach())]).float()).tolist()
+        with updates.withheld(finite[0] < 1):
+            engine.step()
+        meter.add(batch, {k: v.detach() for k, v in out.terms.items()}, out.report)
 
     times = {"plain": [], "ours": []}
     for step in range(args.steps + 2):

@@ -6,6 +6,7 @@ runs; they use real shards of the shipped DDTP sample, the tiny random model and
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -146,6 +147,135 @@ def test_freeze_by_pattern(tiny_model_dir):
         freeze(model, ["no_such_layer"])
     with pytest.raises(ValueError, match="freeze every parameter"):
         freeze(model, ["."])
+
+
+def test_tokens_per_rank_below_the_shards_bucket_names_the_field_and_the_smallest_value(tmp_path, shards):
+    """Checked when the plan is derived (before the engine is built), not by the stream steps later."""
+    from framework.data.manifest import load_manifest
+    from framework.train.batching import samples_per_bucket
+
+    manifest = load_manifest(shards)
+    populated = samples_per_bucket(manifest)
+    assert populated == {13: 2, 14: 318} and samples_per_bucket(manifest, ["fr"]) == {13: 2, 14: 78}
+    stage = from_dict(RunConfig, _raw(tmp_path, data={"manifest": "m", "passage_max_length": 128,
+                                                      "buckets": {"tokens_per_rank": 128}})).stages[0]
+    with pytest.raises(ValueError, match=r"stages\.s\.data\.buckets\.tokens_per_rank=128 is below the length bucket "
+                                         r"edge 136 that the shards fill \(318 samples .*use at least tokens_per_rank: 136"):
+        plan_batches(stage, 2, manifest.length_edges, populated)
+    ok = dataclasses.replace(stage, data=dataclasses.replace(stage.data, buckets=dataclasses.replace(
+        stage.data.buckets, tokens_per_rank=136)))
+    assert plan_batches(ok, 2, manifest.length_edges, populated).micro_per_rank[14] == 1
+    short = dataclasses.replace(ok, data=dataclasses.replace(ok.data, passage_max_length=64, query_max_length=64))
+    with pytest.raises(ValueError, match=r"320 samples in length buckets above 112 tokens, but stages\.s\.data "
+                                         r"truncates at 64; re-shard with tools/make_shards.py --max-length 64"):
+        plan_batches(short, 2, manifest.length_edges, populated)
+
+
+def test_update_gate_withholds_an_update_and_nothing_else():
+    """Inside `withheld`, AdamW's step changes no parameter and no moment; LambdaLR's wrapper still reaches
+    the gate; the optimizer keeps its type (DeepSpeed's ZeRO accepts only the classes it lists)."""
+    from framework.train.engine import UpdateGate, adamw, lr_factor
+
+    torch.manual_seed(0)
+    module = torch.nn.Linear(4, 2)
+    optimizer = adamw(module, OptimConfig(lr=0.1, warmup_steps=0))
+    gate = UpdateGate(optimizer)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor("linear", 0, 10))
+    assert type(optimizer) is torch.optim.AdamW
+
+    def step(hold: bool) -> None:
+        module.weight.grad = torch.ones_like(module.weight)
+        module.bias.grad = torch.ones_like(module.bias)
+        with gate.withheld(hold):
+            optimizer.step()
+        scheduler.step()
+
+    step(False)
+    before = ({k: v.clone() for k, v in module.state_dict().items()},
+              {k: v.clone() for k, v in optimizer.state[module.weight].items()})
+    step(True)
+    assert all(torch.equal(v, before[0][k]) for k, v in module.state_dict().items())
+    assert all(torch.equal(v, before[1][k]) for k, v in optimizer.state[module.weight].items())
+    assert gate.num_withheld == 1 and scheduler.last_epoch == 2 and not gate.holding
+    step(False)
+    assert not torch.equal(module.weight, before[0]["weight"]) and int(optimizer.state[module.weight]["step"]) == 2
+
+
+def test_step_feed_flags_steps_with_an_empty_micro_batch_and_resumes_at_the_step_drawn_ahead(
+        tmp_path, tokenizer_dir, shards):
+    """The real stream (one process): over damaged shards the steps holding a batch with 0 queries are the ones
+    the feed marks not runnable; a feed restored from the state saved after a step draws the same next step as
+    the feed that went on (on intact shards: over a damaged one the stream's own resume position is off, as
+    issue 16 reports, which the stream has to fix)."""
+    from transformers import AutoTokenizer
+
+    from framework.data.batch import TrainBatch
+    from framework.data.stream import PairStream, ResumableLoader, StreamConfig
+    from framework.train.steps import StepFeed
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    cfg = StreamConfig(batch_sizes={13: 8, 14: 7}, group_size=2, query_max_length=64, passage_max_length=128,
+                       mix_sources=True, shuffle_window=16)
+
+    def feed(manifest: Path) -> StepFeed:
+        loader = ResumableLoader(lambda state: PairStream.from_manifest(manifest, cfg, tokenizer, 0, 1, state),
+                                 generator=torch.Generator().manual_seed(0))
+        return StepFeed(loader, accumulation=2, total_steps=26)
+
+    def run(manifest: Path) -> tuple[list[dict], list]:
+        """Position saved after each step (0: the start) and each step's PlannedStep."""
+        each, states, steps = feed(manifest), [], []
+        planned = each.first(0)
+        for step in range(1, 27):
+            states.append(each.state_dict())
+            steps.append(planned)
+            planned = each.settle(step, torch.ones(2, dtype=torch.bool)).next_step
+        assert planned is None
+        return states, steps
+
+    _, steps = run(_damaged_shards(shards, tmp_path))
+    assert all(isinstance(b, TrainBatch) for p in steps for b in p.batches)
+    empty = [i for i, p in enumerate(steps, 1) if any(b.num_samples == 0 for b in p.batches)]
+    assert empty and [i for i, p in enumerate(steps, 1) if not p.runnable] == empty
+    assert max(empty) <= 23 and all(b.bucket == 14 and b.source == "*" for p in steps for b in p.batches)
+    states, steps = run(shards)
+    assert all(p.runnable for p in steps) and states[0] == {"epoch": 0, "batches": 0}
+    for step in (1, 13, 22, 23, 25):                   # 45 batches an epoch: step 23 spans two epochs
+        other = feed(shards)
+        other.load_state_dict(states[step])
+        again = other.first(step)
+        assert [b.keys for b in again.batches] == [b.keys for b in steps[step].batches], step
+
+
+def test_meter_counts_computed_positions_skips_and_bad_records(tokenizer_dir):
+    """Padding efficiency uses the encoder's computed positions when the objective reports them; a skipped
+    step counts its samples and keeps its records; the console lines name both."""
+    from framework.data.batch import Batch
+    from framework.train.meter import Meter, loss_lines
+    from framework.train.objective import ForwardReport
+
+    batch = Batch.of(torch.ones(2, 8, dtype=torch.long), torch.ones(2, 8, dtype=torch.long),
+                     torch.ones(4, 16, dtype=torch.long), torch.ones(4, 16, dtype=torch.long), group_size=2,
+                     stream=("de", 3))
+    batch.q_mask_QL[:, 6:] = 0                              # 12 + 64 = 76 real tokens of 80 padded
+    batch = Batch.of(batch.q_ids_QL, batch.q_mask_QL, batch.p_ids_PL, batch.p_mask_PL, 2, stream=("de", 3))
+    batch.stats = {"truncated": 3, "missing_samples": 5}
+    empty = Batch.of(*(torch.ones(0, 8, dtype=torch.long),) * 2, *(torch.ones(0, 8, dtype=torch.long),) * 2, 2)
+    meter = Meter()
+    meter.add(batch, {"loss": torch.tensor(2.0)})
+    meter.add(batch, {"loss": torch.tensor(4.0)}, ForwardReport(computed_positions=76))
+    window = meter.collect()
+    assert window.metrics["loss"] == 3.0 and window.metrics["bucket"] == 3
+    assert window.metrics["padding_efficiency"] == pytest.approx(152 / (80 + 76))
+    assert window.bad_records == {"missing_samples": 10} and window.metrics["records_truncated"] == 6
+    meter.skip([batch, empty], "empty")
+    window = meter.collect()
+    assert window.metrics["skipped_steps"] == 1 and window.skipped_samples == 2 and "loss" not in window.metrics
+    assert window.metrics["records_missing_samples"] == 15   # records count from the stage's start
+    lines = loss_lines("warmup", 20, 10, window)
+    assert lines == ["[warmup] steps 11-20: skipped 1 optimizer step(s) (1 for an empty micro-batch on some "
+                     "rank); 2 samples not trained on",
+                     "[warmup] steps 11-20: bad records missing_samples=5 (counted, not trained on)"]
 
 
 # ---- objective: split-batch and placeholder passages ------------------------------------------------
