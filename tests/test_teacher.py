@@ -452,8 +452,8 @@ def test_training_uses_the_teacher_scores(cross_encoder, m3_dir: Path, tokenizer
             for row_scores in teacher_QG.tolist():  # each query's group: its positive first, then its 3 negatives
                 assert positive_of[tuple(sorted(row_scores))] == row_scores[0]
             with torch.no_grad():
-                loss = objective(batch.q_ids_QL, batch.q_mask_QL, batch.p_ids_PL, batch.p_mask_PL, 4, 0, teacher_QG,
-                                 batch.passage_valid_P)["loss"].item()
+                assert batch.group_size == 4
+                loss = objective(batch=batch, step=0).terms["loss"].item()
                 q, p = model(batch.q_ids_QL, batch.q_mask_QL), model(batch.p_ids_PL, batch.p_mask_PL)
                 s_QP = colbert_scores(q.colbert_BLC, q.colbert_mask_BL, p.colbert_BLC, p.colbert_mask_BL)
             assert loss == pytest.approx(formula(s_QP.double() / cfg.temperature, teacher_QG.double()), rel=1e-5)
