@@ -13,12 +13,12 @@ Two presets (`LossConfig.preset`):
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass
 from typing import Literal
 
+from framework.config.loading import check_choices
+
 KdLossType = Literal["kl_div", "m3_kd_loss"]
-KD_LOSS_TYPES = typing.get_args(KdLossType)
 
 
 @dataclass(frozen=True)
@@ -86,9 +86,7 @@ class LossConfig:
         if not (self.use_dense or self.use_sparse or self.use_colbert):
             raise ValueError("LossConfig: use_dense, use_sparse and use_colbert are all False; "
                              "turn at least one head on.")
-        if self.kd_loss_type not in KD_LOSS_TYPES:
-            raise ValueError(f"LossConfig.kd_loss_type={self.kd_loss_type!r} is unknown; "
-                             f"use one of {KD_LOSS_TYPES}.")
+        check_choices(self, "LossConfig")
 
     @property
     def ensemble_weights(self) -> HeadWeights:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -33,8 +32,6 @@ from framework.train.tasks import TASKS, task_class
 
 Schedule = Literal["linear", "cosine", "constant"]
 Precision = Literal["auto", "bf16", "fp32"]
-SCHEDULES = typing.get_args(Schedule)
-PRECISIONS = typing.get_args(Precision)
 NAMED_EDGES = {"default": DEFAULT_EDGES, "paper": PAPER_EDGES}
 
 
