@@ -6,7 +6,8 @@
                             "qid Q0 docid rel" lines are accepted too
 
 A document's text is "title text" when it has a non-empty title, as BEIR and the M3 evaluation scripts
-embed it. Every problem raises ValueError naming the file, the line and the fix.
+embed it. Every problem raises ValueError naming the file, the line and the fix; a document or query id
+given twice names the id and both lines.
 """
 from __future__ import annotations
 
@@ -45,11 +46,20 @@ def _field(obj: dict, keys: tuple[str, ...], path: Path, line_no: int, what: str
     raise ValueError(f"{path}:{line_no}: no {what} field (looked for {', '.join(keys)}); add it to that line")
 
 
+def _unique(ids: list[str], seen: dict[str, int], new_id: str, path: Path, line_no: int, what: str) -> None:
+    """Append `new_id`, or raise naming it and both lines (a duplicate would make the qrels ambiguous)."""
+    first = seen.setdefault(new_id, line_no)
+    if first != line_no:
+        raise ValueError(f"{path}:{line_no}: {what} id {new_id!r} was already given on line {first}; give every "
+                         f"{what} its own id (remove or rename one of the two lines)")
+    ids.append(new_id)
+
+
 def load_corpus(path: Path) -> tuple[list[str], list[str]]:
     """(ids, texts) of a corpus.jsonl, title prepended to text when present."""
-    ids, texts = [], []
+    ids, texts, seen = [], [], {}
     for line_no, obj in read_jsonl(path):
-        ids.append(_field(obj, CORPUS_ID_KEYS, path, line_no, "document id"))
+        _unique(ids, seen, _field(obj, CORPUS_ID_KEYS, path, line_no, "document id"), path, line_no, "document")
         text = _field(obj, ("text",), path, line_no, "text")
         title = str(obj.get("title") or "").strip()
         texts.append(f"{title} {text}" if title else text)
@@ -58,9 +68,9 @@ def load_corpus(path: Path) -> tuple[list[str], list[str]]:
 
 def load_queries(path: Path) -> tuple[list[str], list[str]]:
     """(ids, texts) of a queries.jsonl."""
-    ids, texts = [], []
+    ids, texts, seen = [], [], {}
     for line_no, obj in read_jsonl(path):
-        ids.append(_field(obj, QUERY_ID_KEYS, path, line_no, "query id"))
+        _unique(ids, seen, _field(obj, QUERY_ID_KEYS, path, line_no, "query id"), path, line_no, "query")
         texts.append(_field(obj, QUERY_TEXT_KEYS, path, line_no, "query text"))
     return ids, texts
 
