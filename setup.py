@@ -27,6 +27,9 @@ setup(
         "numpy>=1.24",
         "pyyaml>=6",
         "tqdm>=4.66",
+        # Run lock (is a pid still the process that took it) and the device of a full disk; DeepSpeed
+        # depends on it too.
+        "psutil>=5.9",
     ],
     extras_require={
         # On GPU machines: pip install -e '.[gpu]' (faiss-gpu replaces the CPU index at search time).

@@ -5,6 +5,7 @@
       engine       DeepSpeed config file, precision, ZeRO stage override
       tracking     MLflow store and experiment
       checkpoint   interval, how many to keep, resume policy
+      checks       overrides of the checks made before training (framework/train/preflight.py)
       stages       [StageConfig]: kind, data, optimiser, freezing, evaluation, and the kind's own sections
                    (contrastive: loss, gather, split_batch; retromae: retromae)
 
@@ -86,6 +87,21 @@ class CheckpointConfig:
         if self.every_steps < 0 or self.keep_last < 1:
             raise ValueError("checkpoint.every_steps must be >= 0 and checkpoint.keep_last >= 1")
         check_choices(self, "checkpoint")
+
+
+@dataclass(frozen=True)
+class ChecksConfig:
+    """Overrides of the checks made before training (framework/train/preflight.py)."""
+
+    accept_tokenizers: list[str] = field(default_factory=list)
+    """sha256 of shard tokenizers (as the manifest records them) accepted although they differ from the
+    model's: only for a user who knows both vocabularies are identical."""
+
+    def __post_init__(self) -> None:
+        for digest in self.accept_tokenizers:
+            if not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise ValueError(f"checks.accept_tokenizers: {digest!r} is not a sha256; copy the full hex digest "
+                                 "the refusal message prints")
 
 
 @dataclass(frozen=True)
@@ -304,6 +320,8 @@ class RunConfig:
     """MLflow."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     """Checkpoints and exports."""
+    checks: ChecksConfig = field(default_factory=ChecksConfig)
+    """Overrides of the checks made before training."""
 
     def __post_init__(self) -> None:
         if not self.stages:

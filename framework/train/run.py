@@ -14,6 +14,7 @@ from framework.parallel import detect_env, init_distributed, is_main, shutdown
 from framework.tracking import make_tracker
 from framework.train.config import load_run_config
 from framework.train.evaluation import evaluate_stage
+from framework.train.lock import hold_run_lock
 from framework.train.preemption import Preempted, PreemptionWatch, requeue_slurm_job
 from framework.train.trainer import Trainer
 
@@ -39,6 +40,22 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("framework").setLevel(logging.INFO)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     init_distributed(detect_env(), cfg.engine.backend)
+    try:
+        # The lock comes first: a second run on this output_dir must not touch its metrics or MLflow runs.
+        with hold_run_lock(cfg.output_dir):
+            preempted = _train(cfg)
+    finally:
+        shutdown()
+    if preempted:
+        # Only after the clean-up: SLURM ends the job step as soon as the requeue is accepted.
+        if is_main():
+            requeue_slurm_job()
+        return PREEMPTED_EXIT
+    return 0
+
+
+def _train(cfg) -> bool:
+    """Train under a tracker; True when a preemption signal stopped the run at a checkpoint."""
     tracker = make_tracker(cfg.tracking.enabled, is_main(), cfg.tracking.uri, cfg.tracking.experiment,
                            Path(cfg.output_dir))
     status, watch, preempted = "FAILED", PreemptionWatch(), False
@@ -57,10 +74,4 @@ def run(args: argparse.Namespace) -> int:
     finally:
         watch.close()
         tracker.close(status)
-        shutdown()
-    if preempted:
-        # Only after the clean-up: SLURM ends the job step as soon as the requeue is accepted.
-        if main:
-            requeue_slurm_job()
-        return PREEMPTED_EXIT
-    return 0
+    return preempted

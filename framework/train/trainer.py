@@ -1,7 +1,10 @@
 """The curriculum: stages in order, each from the previous one's exported weights, resumable.
 
-On start the run directory decides where to begin: finished stages (exports/<stage>.done.json) are
-skipped, the stage of the latest complete checkpoint continues from it, anything else starts fresh.
+On start rank 0 takes the output directory's lock (framework/train/lock.py: one run per directory), then
+the run directory decides where to begin: finished stages (exports/<stage>.done.json) are skipped, the
+stage of the latest complete checkpoint continues from it, anything else starts fresh. Before the first
+step every remaining stage is checked (framework/train/preflight.py), and the attempt's config is kept
+(framework/train/attempts.py).
 """
 from __future__ import annotations
 
@@ -10,14 +13,15 @@ import subprocess
 import time
 from pathlib import Path
 
-import yaml
-
 from framework.config import flatten, to_dict
 from framework.parallel import barrier, broadcast_object, is_main, world_size
 from framework.tracking import NullTracker
+from framework.train.attempts import record_attempt
 from framework.train.checkpoint import Checkpoints, ResumePoint
 from framework.train.config import RunConfig
+from framework.train.lock import hold_run_lock
 from framework.train.preemption import Preempted
+from framework.train.preflight import PreflightError, check_run
 from framework.train.stage import StageRun
 
 log = logging.getLogger(__name__)
@@ -41,10 +45,17 @@ class Trainer:
         self.checkpoints = Checkpoints(self.output_dir, cfg.checkpoint.keep_last)
 
     def resume_point(self) -> ResumePoint | None:
-        """Where to continue, agreed by all ranks (rank 0 reads the directory)."""
-        point = self.checkpoints.latest() if is_main() else None
-        point = broadcast_object(point)
-        used = broadcast_object(is_main() and (self.output_dir / "checkpoints").exists())
+        """Where to continue, agreed by all ranks (rank 0 reads the directory; its error reaches all)."""
+        point, error, used = None, None, False
+        if is_main():
+            used = (self.output_dir / "checkpoints").exists()
+            try:
+                point = self.checkpoints.latest()
+            except ValueError as err:
+                error = str(err)
+        point, error, used = broadcast_object((point, error, used))
+        if error is not None:
+            raise ValueError(error)
         policy = self.cfg.checkpoint.resume
         if policy == "never" and used:
             raise ValueError(f"{self.output_dir} already holds checkpoints and checkpoint.resume=never; "
@@ -53,17 +64,35 @@ class Trainer:
             raise ValueError(f"--resume: {self.output_dir} holds no complete checkpoint to resume from")
         return point
 
-    def save_config(self) -> Path:
-        path = self.output_dir / "config.yaml"
+    def preflight(self, point: ResumePoint | None) -> None:
+        """Every remaining stage's inputs and the resume's changes, checked by rank 0 before any step."""
+        error = None
         if is_main():
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            path.write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False, allow_unicode=True))
+            done = {s.name: d for s in self.cfg.stages if (d := self.checkpoints.stage_done(s.name)) is not None}
+            try:
+                check_run(self.cfg, done, point, world_size())
+            except PreflightError as err:
+                error = str(err)
+        error = broadcast_object(error)
+        if error is not None:
+            raise PreflightError(error)
+
+    def save_config(self) -> Path:
+        """config.yaml (this attempt) and config-attempt-N.yaml (kept for every attempt)."""
+        if is_main():
+            attempt = record_attempt(self.output_dir, self.cfg)
+            log.info("config of this attempt: %s", attempt)
         barrier()
-        return path
+        return self.output_dir / "config.yaml"
 
     def train(self) -> Path:
         """All stages; returns the last stage's export directory."""
+        with hold_run_lock(self.output_dir):
+            return self._train()
+
+    def _train(self) -> Path:
         point = self.resume_point()
+        self.preflight(point)
         config_path = self.save_config()
         self.tracker.start(self.cfg.name, flatten(to_dict(self.cfg)),
                            {"git_commit": git_commit(), "world_size": str(world_size()),
