@@ -55,8 +55,8 @@ def _make_shards(inputs: list[Path], tokenizer: Path, out: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def shards(tokenizer_dir: Path, tmp_path_factory) -> Path:
-    """Pre-tokenised shards of two DDTP directions, made with the tiny model's own tokenizer."""
-    return _make_shards([DDTP / "de.jsonl.gz", DDTP / "en.jsonl.gz"], tokenizer_dir, tmp_path_factory.mktemp("shards"))
+    """Pre-tokenised shards of one DDTP direction (80 pairs), made with the tiny model's own tokenizer."""
+    return _make_shards([DDTP / "de.jsonl.gz"], tokenizer_dir, tmp_path_factory.mktemp("shards"))
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def foreign_shards(tmp_path_factory) -> Path:
     from tests.conftest import SAMPLE_TEXT
 
     other = train_tokenizer([SAMPLE_TEXT], tmp_path_factory.mktemp("tok2000"), vocab_size=2000, seed=0)
-    return _make_shards([DDTP / "de.jsonl.gz", DDTP / "en.jsonl.gz"], Path(other),
+    return _make_shards([DDTP / "de.jsonl.gz"], Path(other),
                         tmp_path_factory.mktemp("foreign_shards"))
 
 
@@ -94,6 +94,21 @@ def test_shards_of_another_tokenizer_are_refused_before_any_step(tmp_path, tiny_
                                          checks={"accept_tokenizers": [recorded["sha256"]]}))
     check_run(accepted, done={}, point=None, world=1)
     check_run(_cfg(tmp_path, tiny_model_dir, shards), done={}, point=None, world=1)   # the right tokenizer passes
+
+
+def test_text_shards_measured_with_another_tokenizer_only_warn(tmp_path, tiny_model_dir, foreign_shards, caplog):
+    """Shards holding text (no .tok) are tokenised at train time by the model: only their length buckets came
+    from the other tokenizer, which is worth a warning, not a refusal."""
+    from tools.make_shards import main as make_shards
+
+    from framework.train.preflight import check_run
+
+    other = json.loads(foreign_shards.read_text())["tokenizer"]["path"]
+    make_shards([str(DDTP / "de.jsonl.gz"), "--out", str(tmp_path / "text"), "--tokenizer", other, "--max-length",
+                 "128", "--progress-seconds", "1000"])
+    with caplog.at_level(logging.WARNING, logger="framework"):
+        check_run(_cfg(tmp_path, tiny_model_dir, tmp_path / "text" / "manifest.json"), done={}, point=None, world=1)
+    assert "only their length buckets came from the other tokenizer" in caplog.text and other in caplog.text
 
 
 def test_same_vocabulary_in_other_bytes_is_not_a_mismatch(tmp_path, tokenizer_dir, tiny_model_dir, shards):

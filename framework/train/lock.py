@@ -94,13 +94,22 @@ class RunLock:
             self.path.unlink(missing_ok=True)
 
     def _create(self) -> bool:
+        text = json.dumps(asdict(self.me), indent=1)
         tmp = self.path.with_name(f"{LOCK_NAME}.{self.me.host}.{self.me.pid}")
-        tmp.write_text(json.dumps(asdict(self.me), indent=1))
+        tmp.write_text(text)
         try:
             os.link(tmp, self.path)
             return True
         except FileExistsError:
             return False
+        except OSError:  # a filesystem without hard links (some FUSE mounts): exclusive create instead
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+            return True
         finally:
             tmp.unlink(missing_ok=True)
 
