@@ -73,12 +73,12 @@ def first_start(cfg: RunConfig, done: dict[str, dict]) -> tuple[Path, str]:
 def _check_stage(cfg: RunConfig, stage: StageConfig, world: int, model_dirs: list[Path],
                  ds_configs: dict[str, dict]) -> list[str]:
     problems = []
-    benchmark = stage.evaluate.benchmark
+    benchmark = stage.evaluate.benchmark_name
     if benchmark:
         from framework.evaluate.benchmark import DDTP_NAMES
 
         if benchmark not in DDTP_NAMES and not Path(benchmark).exists():
-            problems.append(f"stages.{stage.name}.evaluate.benchmark={benchmark!r} is neither a known name "
+            problems.append(f"stages.{stage.name}.evaluate.benchmark_name={benchmark!r} is neither a known name "
                             f"({', '.join(DDTP_NAMES)}) nor an existing folder")
     try:
         manifest = load_manifest(stage.data.manifest)
