@@ -37,7 +37,9 @@ setup(
         # The tests load our exports in the reference implementation to prove compatibility.
         # FlagEmbedding 1.4.2 imports transformers.modeling_attn_mask_utils at package import, which
         # transformers 5.24 removed: the compatibility tests need a transformers it can import.
-        "test": ["pytest>=8", "flagembedding>=1.3", "transformers<5.24"],
+        # sentence-transformers loads our exports (their modules.json layout); matplotlib draws compare_runs --plot.
+        "test": ["pytest>=8", "flagembedding>=1.3", "transformers<5.24", "sentence-transformers>=2.2",
+                 "matplotlib>=3.5"],
     },
     entry_points={"console_scripts": ["m3-framework=framework.__main__:main"]},
 )

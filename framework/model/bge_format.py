@@ -17,6 +17,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from framework.model.config import ModelConfig
 from framework.model.m3 import M3Model, special_token_ids
+from framework.model.st_layout import write_st_layout
 
 log = logging.getLogger(__name__)
 
@@ -86,4 +87,5 @@ def save_m3(model: M3Model, tokenizer, out_dir: str | os.PathLike,
         if any(t.numel() == 0 for t in head.values()):
             raise ValueError(f"{name} has empty tensors: gather ZeRO-3 parameters before saving")
         torch.save(head, out_dir / filename)
+    write_st_layout(out_dir, embedding_dim=model.encoder.config.hidden_size, max_seq_length=model.max_positions)
     return out_dir

@@ -1,8 +1,11 @@
-"""The model's full fp32 weights out of a DeepSpeed engine, at any ZeRO stage, and the BGE-M3 export.
+"""The model's full fp32 weights out of a DeepSpeed engine, at any ZeRO stage, the BGE-M3 export, its card.
 
 Every rank must call `full_state_dict` (under ZeRO-3 gathering a parameter is a collective); rank 0
 gets the tensors. Trained parameters come from the optimizer's fp32 master copy (so a bf16 run exports
 and hands the next stage fp32 weights, not their bf16 rounding); frozen ones from the module.
+The export also loads as a sentence-transformers model (framework/model/st_layout.py, written by save_m3),
+and the trainer writes its model card (README.md, framework/train/model_card.py) once the stage's
+evaluation, if any, has run.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import torch
 
 from framework.model import M3Model, save_m3
 from framework.parallel import barrier, is_main
+from framework.train.model_card import ModelCard
 
 
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -42,3 +46,11 @@ def export_bge_m3(model: M3Model, tokenizer, out_dir: Path) -> Path:
         save_m3(model, tokenizer, out_dir, state_dict=state)
     barrier()
     return out_dir
+
+
+def write_model_card(out_dir: Path, card: ModelCard) -> Path:
+    """Write README.md (the model card) into an export directory on rank 0; every rank may call it."""
+    path = Path(out_dir) / "README.md"
+    if is_main():
+        path.write_text(card.render(Path(out_dir)), encoding="utf-8")
+    return path

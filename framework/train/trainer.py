@@ -19,7 +19,9 @@ from framework.tracking import NullTracker
 from framework.train.attempts import record_attempt
 from framework.train.checkpoint import Checkpoints, ResumePoint
 from framework.train.config import RunConfig
+from framework.train.export import write_model_card
 from framework.train.lock import hold_run_lock
+from framework.train.model_card import ModelCard
 from framework.train.preemption import Preempted
 from framework.train.preflight import PreflightError, check_run
 from framework.train.stage import StageRun
@@ -113,6 +115,7 @@ class Trainer:
                                   self.preemption).run()
                 if self.evaluate is not None and stage.evaluate.benchmark_name:
                     self.evaluate(stage, export, self.tracker, self.output_dir)
+                write_model_card(export, ModelCard.for_stage(self.cfg, index))
                 status = "FINISHED"
             except Preempted:
                 status = "KILLED"
