@@ -59,6 +59,7 @@ def assert_same_dense(model_dir: Path) -> None:
     assert theirs.shape == ours.shape
     np.testing.assert_allclose(theirs, ours, atol=1e-5)
     assert st.max_seq_length == read_st_layout(model_dir).max_seq_length
+    assert st[0].auto_model.pooler is None  # built as load_m3 builds it: no random pooler to report
 
 
 def test_export_loads_in_sentence_transformers_with_our_dense_vectors(exported: Path) -> None:
@@ -66,7 +67,12 @@ def test_export_loads_in_sentence_transformers_with_our_dense_vectors(exported: 
     modules = json.loads((exported / "modules.json").read_text())
     assert [m["type"].rsplit(".", 1)[1] for m in modules] == ["Transformer", "Pooling", "Normalize"]
     pooling = json.loads((exported / "1_Pooling" / "config.json").read_text())
-    assert pooling["pooling_mode_cls_token"] and not pooling["pooling_mode_mean_tokens"]
+    # text-embeddings-inference requires these four keys (its PoolConfig) and config.json's architectures.
+    assert {k: pooling[k] for k in ("pooling_mode_cls_token", "pooling_mode_mean_tokens", "pooling_mode_max_tokens",
+                                    "pooling_mode_mean_sqrt_len_tokens")} == {
+        "pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False, "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False}
+    assert json.loads((exported / "config.json").read_text())["architectures"] == ["XLMRobertaModel"]
     model, _ = load_m3(exported)
     assert read_st_layout(exported).embedding_dim == pooling["word_embedding_dimension"] == 32
     assert read_st_layout(exported).max_seq_length == model.max_positions == 512

@@ -126,14 +126,27 @@ def compare(records: list[RunRecord], options: CompareOptions) -> Comparison:
     for levels in level_sets:
         for prefix, pick in sections:
             evaluations = [pick(r) for r in records]
-            names = {(LEVELS.index(e.levels[m][0]), e.levels[m][1], m) for e in evaluations if e is not None
-                     for m in e.metrics if keep(m) and e.levels[m][0] in levels}
             rows += [(prefix + name, tuple(None if e is None else e.metrics.get(name) for e in evaluations))
-                     for _, _, name in sorted(names)]
+                     for name in _row_names(evaluations, levels, keep)]
     if not rows:
         raise ValueError("no evaluation metric matches --metrics in these runs; loosen the patterns, or check "
                          "that the runs were evaluated (a stage's evaluate.benchmark, or `framework evaluate`)")
     return Comparison(tuple(r.label for r in records), tuple(rows))
+
+
+def _row_names(evaluations: list[Evaluation | None], levels: tuple[str, ...], keep) -> list[str]:
+    """Metric names of these levels that any evaluation has, ordered by level, group/task, name.
+
+    A pattern may name the metric with or without its group/task prefix: `dense_*` keeps
+    de-en_dense_ndcg_at_10 too, `de-en` keeps that task's rows.
+    """
+    found = set()
+    for e in (e for e in evaluations if e is not None):
+        for name in e.metrics:
+            level, prefix = e.levels[name]
+            if level in levels and (keep(name) or (prefix and keep(name[len(prefix) + 1:]))):
+                found.add((LEVELS.index(level), prefix, name))
+    return [name for _, _, name in sorted(found)]
 
 
 def _shown_stages(records: list[RunRecord]) -> list[str]:

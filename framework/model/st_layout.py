@@ -7,10 +7,12 @@ transformers, sentence-transformers and text-embeddings-inference alike:
 
     modules.json                        the three modules, in the classic `sentence_transformers.models.*`
                                         names that every sentence-transformers release (2.x to 6.x) loads
-    sentence_bert_config.json           max_seq_length (the encoder's position limit), do_lower_case
+    sentence_bert_config.json           max_seq_length (the encoder's position limit), do_lower_case, and
+                                        the encoder built without a pooler (as load_m3 builds it)
     config_sentence_transformers.json   cosine similarity, no prompts (BGE-M3 uses no instruction)
-    1_Pooling/config.json               CLS pooling in the classic keys only (TEI reads these; keys added
-                                        later, e.g. include_prompt, would fail sentence-transformers 2.2)
+    1_Pooling/config.json               CLS pooling in the classic keys only: TEI requires exactly the four
+                                        pooling_mode_* flags, and keys added later (include_prompt) would
+                                        fail sentence-transformers 2.2
     2_Normalize/                        an empty folder: Normalize has no parameters
 
 The layout is the one BAAI/bge-m3 ships; sentence-transformers 6 writes newer module names that older
@@ -49,8 +51,11 @@ def write_st_layout(out_dir: str | Path, embedding_dim: int, max_seq_length: int
     out_dir = Path(out_dir)
     modules = [{"idx": i, "name": str(i), "path": path, "type": kind} for i, (path, kind) in enumerate(MODULES)]
     _write_json(out_dir / "modules.json", modules)
+    # The export holds no pooler weights (load_m3 builds the encoder without one): asking for none keeps
+    # transformers from initialising a random pooler and reporting it as missing on every load.
     _write_json(out_dir / "sentence_bert_config.json", {"max_seq_length": layout.max_seq_length,
-                                                        "do_lower_case": False})
+                                                        "do_lower_case": False,
+                                                        "model_args": {"add_pooling_layer": False}})
     _write_json(out_dir / "config_sentence_transformers.json",
                 {"prompts": {}, "default_prompt_name": None, "similarity_fn_name": "cosine"})
     _write_json(out_dir / POOLING_FILE, {
