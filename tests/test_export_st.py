@@ -117,7 +117,7 @@ def _saved_config(tmp_path: Path, model_dir: Path, manifest: Path) -> Path:
                                                     "source_weights": {"de": 0.5}, "group_size": 2},
              "optim": {"lr": 2e-4}}
     second = {"name": "unified", "samples": 640, "data": {"manifest": str(manifest), "group_size": 4},
-              "loss": {"preset": "reference", "use_self_distill": True}, "optim": {"lr": 1e-4}}
+              "loss": {"preset": "reference", "temperature": 0.05}, "optim": {"lr": 1e-4}}
     cfg = load_run_config(None, data={"name": "card-test", "output_dir": str(tmp_path / "run"),
                                       "model": {"path": str(model_dir)}, "stages": [first, second]})
     path = tmp_path / "run" / "config.yaml"
@@ -140,7 +140,7 @@ def test_model_card_lists_base_data_stages_evaluation_and_loaders(tmp_path, tiny
     assert metadata["library_name"] == "sentence-transformers"
     assert f"- Base model: `{tiny_model_dir}`" in text and "stage `unified` (2 of 2)" in text
     assert "| 1 | `warmup` | contrastive | 5 steps | 0.0002 | 2 |" in text
-    assert "| 2 | `unified` | contrastive | 640 samples | 0.0001 | 4 |" in text and "use_self_distill=True" in text
+    assert "| 2 | `unified` | contrastive | 640 samples | 0.0001 | 4 |" in text and "loss.temperature=0.05" in text
     counts = load_manifest(plain_shards).samples_by_source()
     assert counts == {"de": 80, "de-en": 80}
     assert "| `warmup` | de | 80 | 0.5 |" in text and "| `warmup` | de-en |" not in text  # sources: [de]

@@ -10,12 +10,15 @@ evaluation, if any, has run.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from framework.model import M3Model, save_m3
 from framework.parallel import barrier, is_main
-from framework.train.model_card import ModelCard
+
+if TYPE_CHECKING:  # framework/train/config.py -> the stage kinds -> this module: no import at run time
+    from framework.train.model_card import ModelCard
 
 
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -7,10 +7,11 @@ framework/train/export.py writes the file.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -19,7 +20,9 @@ from framework.data.manifest import load_manifest
 from framework.evaluate.report import mode_table, task_table
 from framework.model.bge_format import HEAD_FILES
 from framework.model.st_layout import read_st_layout
-from framework.train.config import RunConfig, StageConfig
+
+if TYPE_CHECKING:  # framework.train.config imports the stage kinds, whose exports import this module
+    from framework.train.config import RunConfig, StageConfig
 
 # Hugging Face card metadata: the Hub lists the model under sentence-transformers and sentence similarity.
 METADATA = {"library_name": "sentence-transformers", "pipeline_tag": "sentence-similarity",
@@ -44,8 +47,8 @@ class StageCard:
     """Passages per query (1 positive + hard negatives)."""
     max_lengths: tuple[int, int]
     """Query and passage tokens kept."""
-    loss: dict[str, Any]
-    """The stage's loss section (preset and overrides)."""
+    objective: dict[str, Any]
+    """Loss (and RetroMAE) settings that differ from their defaults, as dotted names (loss.temperature)."""
     settings: dict[str, Any]
     """The whole resolved stage config."""
     sources: dict[str, int]
@@ -66,7 +69,8 @@ class StageCard:
         return cls(name=stage.name, kind=stage.kind,
                    length=f"{stage.steps} steps" if stage.steps else f"{stage.samples} samples",
                    lr=stage.optim.lr, group_size=stage.data.group_size,
-                   max_lengths=(stage.data.query_max_length, stage.data.passage_max_length), loss=dict(stage.loss),
+                   max_lengths=(stage.data.query_max_length, stage.data.passage_max_length),
+                   objective=_changed(stage),
                    settings=to_dict(stage), sources=sources, source_weights=dict(stage.data.source_weights),
                    manifest_note=note, evaluation=evaluation, evaluation_note=evaluation_note)
 
@@ -118,9 +122,12 @@ class ModelCard:
         return "\n".join(lines)
 
     def _stages(self) -> str:
-        header = ["#", "stage", "kind", "length", "lr", "group size", "max tokens (q/p)", "loss"]
+        header = ["#", "stage", "kind", "length", "lr", "group size", "max tokens (q/p)",
+                  "objective (changes from the defaults: the reference loss)"]
         rows = [[str(i), f"`{s.name}`", s.kind, s.length, f"{s.lr:g}", str(s.group_size),
-                 f"{s.max_lengths[0]}/{s.max_lengths[1]}", _loss_text(s.loss)] for i, s in enumerate(self.stages, 1)]
+                 f"{s.max_lengths[0]}/{s.max_lengths[1]}",
+                 ", ".join(f"{k}={v}" for k, v in s.objective.items()) or "defaults"]
+                for i, s in enumerate(self.stages, 1)]
         data_rows = []
         for s in self.stages:
             if s.manifest_note:
@@ -208,8 +215,15 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def _loss_text(loss: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in loss.items()) or "preset reference"
+def _changed(stage: StageConfig) -> dict[str, Any]:
+    """The stage's loss and RetroMAE fields that differ from a default-built section (each kind uses one)."""
+    changed = {}
+    for name in ("loss", "retromae"):
+        section = getattr(stage, name)
+        default = type(section)()
+        changed.update({f"{name}.{f.name}": getattr(section, f.name) for f in dataclasses.fields(section)
+                        if getattr(section, f.name) != getattr(default, f.name)})
+    return changed
 
 
 def _manifest_sources(stage: StageConfig) -> tuple[dict[str, int], str | None]:
