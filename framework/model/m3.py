@@ -17,6 +17,7 @@ from torch import nn
 
 from framework.model.config import ModelConfig
 from framework.model.output import M3Output
+from framework.model.positions import max_tokens
 
 
 def special_token_ids(tokenizer) -> list[int]:
@@ -48,10 +49,7 @@ class M3Model(nn.Module):
     @property
     def max_positions(self) -> int:
         """Longest input (in tokens, specials included) the position table supports."""
-        config = self.encoder.config
-        # XLM-R offsets positions by padding_idx + 1 (514 rows hold 512 tokens); BERT does not.
-        offset = config.pad_token_id + 1 if config.model_type in ("xlm-roberta", "roberta", "camembert") else 0
-        return config.max_position_embeddings - offset
+        return max_tokens(self.encoder.config)  # XLM-R's 514 rows hold 512 tokens; BERT's 512 hold 512
 
     def enable_gradient_checkpointing(self) -> None:
         # Non-reentrant: the reentrant variant fails under ZeRO-2/3 when a step runs two forwards
