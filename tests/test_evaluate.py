@@ -393,7 +393,7 @@ def test_mlflow_run_nested_under_parent(small_results: dict, mlflow_store: tuple
 
     uri, folder = mlflow_store
     parent_id = parent_run(uri, folder)
-    run_id = log_evaluation(small_results, TrackingConfig(tracking_uri=uri, parent_run_id=parent_id))
+    run_id = log_evaluation(small_results, TrackingConfig(uri=uri, parent_run_id=parent_id))
     client = MlflowClient(uri)
     run = client.get_run(run_id)
     assert run.data.tags["mlflow.parentRunId"] == parent_id and run.info.status == "FINISHED"
@@ -429,19 +429,19 @@ def test_mlflow_failure_is_a_warning(small_results: dict, mlflow_store: tuple[st
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     uri, _ = mlflow_store
     with pytest.warns(RuntimeWarning, match="MLflow logging of the evaluation failed"):
-        assert log_evaluation(small_results, TrackingConfig(tracking_uri=uri, parent_run_id="no-such-run")) is None
+        assert log_evaluation(small_results, TrackingConfig(uri=uri, parent_run_id="no-such-run")) is None
     # An unreachable server (nothing listens on port 9 of the loopback); no retries to keep the test fast.
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     with pytest.warns(RuntimeWarning, match="MLflow logging of the evaluation failed"):
-        assert log_evaluation(small_results, TrackingConfig(tracking_uri="http://127.0.0.1:9")) is None
+        assert log_evaluation(small_results, TrackingConfig(uri="http://127.0.0.1:9")) is None
 
 
 def test_compare_runs(small_results: dict, mlflow_store: tuple[str, Path], capsys: pytest.CaptureFixture) -> None:
     from tools.compare_runs import main
 
     uri, folder = mlflow_store
-    ids = [log_evaluation(small_results, TrackingConfig(tracking_uri=uri, parent_run_id=parent_run(uri, folder),
+    ids = [log_evaluation(small_results, TrackingConfig(uri=uri, parent_run_id=parent_run(uri, folder),
                                                         run_name=f"eval-{i}")) for i in range(2)]
     assert main(["--tracking-uri", uri, *ids, "--metrics", "dense_*,*passages*"]) == 0
     table = capsys.readouterr().out.splitlines()

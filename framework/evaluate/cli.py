@@ -94,8 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from framework.evaluate.report import summary
 
     config = config_from_args(args)
-    tracking = None if args.no_mlflow else TrackingConfig(tracking_uri=args.tracking_uri,
-                                                          parent_run_id=args.parent_run_id,
+    tracking = None if args.no_mlflow else TrackingConfig(uri=args.tracking_uri, parent_run_id=args.parent_run_id,
                                                           experiment=args.experiment, run_name=args.run_name)
     results = evaluate(args.model, args.benchmark, config, tracking=tracking, out=args.out, device=args.device)
     print(summary(results))

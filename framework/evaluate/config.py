@@ -2,13 +2,15 @@
 
 Each component reads its own section: the benchmark loader `BenchmarkConfig`, the hybrid rescoring
 `HybridConfig`, the faiss index `DenseIndexConfig`, the BM25 baseline `BM25Config`, MLflow
-`TrackingConfig`. `EvalConfig` holds them and checks what spans several of them.
+`TrackingConfig` (framework/tracking.py, shared with training). `EvalConfig` holds them and checks what
+spans several of them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from framework.retrieval import BM25Config, DenseIndexConfig
+from framework.tracking import TrackingConfig  # the one tracking config, shared with training
 
 # Reported retrieval modes. Metric names start with the mode, so none may contain "+" (MLflow rejects it).
 BASE_MODES = ("dense", "sparse", "multivec", "dense_sparse", "all", "bm25")
@@ -78,20 +80,6 @@ class HybridConfig:
         modes = dict(HYBRID_PRESETS[self.preset])
         modes.update({custom_mode_name(tuple(w)): tuple(float(x) for x in w) for w in self.custom})
         return modes
-
-
-@dataclass(frozen=True)
-class TrackingConfig:
-    """Where the evaluation run goes in MLflow."""
-
-    tracking_uri: str | None = None
-    """MLflow store; None = the active run's store, else MLflow's default (MLFLOW_TRACKING_URI or sqlite)."""
-    parent_run_id: str | None = None
-    """Nest the evaluation run under this run (the training run at a stage end); None = the active run."""
-    experiment: str = "evaluation"
-    """Experiment of a top-level evaluation run; a nested run goes to its parent's experiment."""
-    run_name: str | None = None
-    """Name of the evaluation run; None = "eval-<benchmark>"."""
 
 
 @dataclass(frozen=True)

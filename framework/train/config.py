@@ -29,6 +29,7 @@ from framework.evaluate.config import EvalConfig
 from framework.loss import LossConfig
 from framework.model.config import ModelConfig
 from framework.pretrain.config import RetroMAEConfig
+from framework.tracking import TrackingConfig  # the one tracking section (training and evaluation)
 from framework.train.tasks import TASKS, task_class
 
 Schedule = Literal["linear", "cosine", "constant"]
@@ -51,24 +52,6 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         check_choices(self, "engine")
-
-
-@dataclass(frozen=True)
-class TrackingConfig:
-    """Where MLflow records the run (rank 0 only)."""
-
-    enabled: bool = True
-    """False: record nothing (the tracker's do-nothing twin)."""
-    uri: str | None = None
-    """Tracking URI; None = $MLFLOW_TRACKING_URI, else sqlite:///<output_dir>/../mlflow.db."""
-    experiment: str = "m3-embedding"
-    """MLflow experiment name."""
-    log_every: int = 10
-    """Optimizer steps between metric batches (and progress lines)."""
-
-    def __post_init__(self) -> None:
-        if self.log_every < 1:
-            raise ValueError(f"tracking.log_every={self.log_every}: use >= 1")
 
 
 @dataclass(frozen=True)

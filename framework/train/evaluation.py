@@ -21,7 +21,7 @@ def evaluate_stage(stage: StageConfig, export_dir: Path, tracker: NullTracker, o
     cfg = dataclasses.replace(stage.evaluate, progress=stage.evaluate.progress and is_main())
     tracking = None
     if tracker.tracking_uri is not None:
-        tracking = TrackingConfig(tracking_uri=tracker.tracking_uri, parent_run_id=tracker.stage_run_id,
+        tracking = TrackingConfig(uri=tracker.tracking_uri, parent_run_id=tracker.stage_run_id,
                                   experiment=getattr(tracker, "experiment", "evaluation"),
                                   run_name=f"evaluate-{stage.name}")
     out = Path(output_dir) / "evaluations" / f"{stage.name}.json"

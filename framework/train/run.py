@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
 def _train(cfg) -> bool:
     """Train under a tracker; True when a preemption signal stopped the run at a checkpoint."""
     tracker = make_tracker(cfg.tracking.enabled, is_main(), cfg.tracking.uri, cfg.tracking.experiment,
-                           Path(cfg.output_dir))
+                           Path(cfg.output_dir), parent_run_id=cfg.tracking.parent_run_id,
+                           run_name=cfg.tracking.run_name)
     status, watch, preempted = "FAILED", PreemptionWatch(), False
     main = is_main()
     try:
