@@ -1,5 +1,36 @@
-"""Packaging for the M3-Embedding training framework."""
+"""Packaging for the M3-Embedding training framework.
+
+The wheel carries the files the demo and the shipped configs need (framework/resources.py's SHIPPED,
+copied into framework/_shipped/ at build time), so that an installed package runs from any directory;
+a clone reads them in place.
+"""
+import runpy
+import shutil
+from pathlib import Path
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+ROOT = Path(__file__).resolve().parent
+# The one list, read from the module that locates the files (run as a file: the package need not import here).
+SHIPPED = runpy.run_path(str(ROOT / "framework" / "resources.py"))["SHIPPED"]
+
+
+class BuildWithResources(build_py):
+    """build_py that also copies the shipped configs and data into framework/_shipped/ of the build."""
+
+    def run(self) -> None:
+        super().run()
+        if getattr(self, "editable_mode", False):  # an editable install reads the repository in place
+            return
+        target = Path(self.build_lib) / "framework" / "_shipped"
+        for pattern in SHIPPED:
+            for path in sorted(ROOT.glob(pattern)):
+                if path.is_file():
+                    destination = target / path.relative_to(ROOT)
+                    destination.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(path, destination)
+
 
 setup(
     name="m3-framework",
@@ -42,4 +73,5 @@ setup(
                  "matplotlib>=3.5"],
     },
     entry_points={"console_scripts": ["m3-framework=framework.__main__:main"]},
+    cmdclass={"build_py": BuildWithResources},
 )

@@ -11,26 +11,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from framework.evaluate import BenchmarkConfig, EvalConfig, evaluate  # noqa: E402
-from framework.evaluate.config import LABELS  # noqa: E402
-from framework.inference import M3Embedder  # noqa: E402
+from framework.evaluate import BenchmarkConfig, EvalConfig, evaluate
+from framework.evaluate.config import LABELS
+from framework.inference import M3Embedder
+from framework.resources import text_sample
+from framework.starting import build_model, train_tokenizer
 
 
 def tiny_model(folder: Path) -> Path:
     """The tests' tiny random XLM-R (hidden 32, 2 layers) with a 3000-piece tokenizer."""
-    from tools.build_model import build_model
-    from tools.train_tokenizer import train_tokenizer
-
-    tokenizer = train_tokenizer([REPO_ROOT / "data" / "multilingual_sample.txt"], folder / "tokenizer",
-                                vocab_size=3000, seed=0)
+    tokenizer = train_tokenizer([text_sample()], folder / "tokenizer", vocab_size=3000, seed=0)
     return build_model(tokenizer, folder / "model", size="tiny", seed=0)
 
 

@@ -7,31 +7,33 @@ the full stream (plan, read, decode, validate, tokenise or decode ids, sample gr
 num_workers=0, i.e. the work one DataLoader worker does. Then the arithmetic of how many workers a GPU
 needs at the paper's batch sizes.
 
-    python bench/loader_throughput.py [--rows 4000] [--words 120] [--repeats 3]
+    python -m bench.loader_throughput [--rows 4000] [--words 120] [--repeats 3]    (from the repository root)
 """
 from __future__ import annotations
 
 import argparse
 import json
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from transformers import AutoTokenizer
 
-from transformers import AutoTokenizer  # noqa: E402
+from framework.data.reader import iter_samples
+from framework.data.stream import PairStream, StreamConfig
+from framework.resources import text_sample
+from framework.starting import train_tokenizer
 
-from framework.data.reader import iter_samples  # noqa: E402
-from framework.data.stream import PairStream, StreamConfig  # noqa: E402
-from tools.make_shards import ShardConfig, make_shards  # noqa: E402
-from tools.train_tokenizer import train_tokenizer  # noqa: E402
+try:  # shard preparation's command line is a repository tool, not part of the installed package
+    from tools.make_shards import ShardConfig, make_shards
+except ModuleNotFoundError as error:
+    raise SystemExit("bench/loader_throughput.py needs the repository's tools/: run it from the repository root "
+                     "as `python -m bench.loader_throughput`") from error
 
 
 def synthetic_rows(num: int, words: int, seed: int) -> list[dict]:
-    vocab = (REPO / "data" / "multilingual_sample.txt").read_text(encoding="utf-8").split()
+    vocab = text_sample().read_text(encoding="utf-8").split()
     rng = random.Random(seed)
 
     def text(n):
@@ -63,7 +65,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="loader-bench-"))
-    tok_dir = train_tokenizer([REPO / "data" / "multilingual_sample.txt"], work / "tok", vocab_size=3000)
+    tok_dir = train_tokenizer([text_sample()], work / "tok", vocab_size=3000)
     tok = AutoTokenizer.from_pretrained(tok_dir)
     src = work / "rows.jsonl"
     src.write_text("\n".join(json.dumps(r) for r in synthetic_rows(args.rows, args.words, 0)) + "\n")

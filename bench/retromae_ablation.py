@@ -1,6 +1,6 @@
 """RetroMAE ablation (the direction of the paper's Table 6): fine-tuning alone vs RetroMAE, then the same fine-tuning.
 
-    python bench/retromae_ablation.py [--seeds 0 1 2] [--retromae-steps 30] [--finetune-steps 10] [--nproc 1]
+    python -m bench.retromae_ablation [--seeds 0 1 2] [--retromae-steps 30] [--finetune-steps 10] [--nproc 1]
                                       [--max-queries 60] [--out DIR]
 
 Shared by every seed: a sentencepiece tokenizer, pair shards of the DDTP train split and text shards of its
@@ -43,15 +43,14 @@ from pathlib import Path
 
 import yaml
 
+from framework.config import read_yaml
+from framework.resources import ddtp_dir, demo_config, text_sample
+from framework.starting import build_model, train_tokenizer
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from framework.config import read_yaml  # noqa: E402
-
-DDTP_TRAIN = REPO_ROOT / "data" / "ddtp" / "train"
-SAMPLE = REPO_ROOT / "data" / "multilingual_sample.txt"
-DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
+DDTP_TRAIN = ddtp_dir() / "train"
+SAMPLE = text_sample()
+DEMO_CONFIG = demo_config()
 FINETUNE_STAGES = ("warmup", "unified")
 MODES = ("dense", "sparse", "multivec", "all")
 METRICS = {"ndcg_at_10": "nDCG@10", "recall_at_100": "R@100"}
@@ -85,9 +84,11 @@ def train_documents() -> list[str]:
 
 def prepare_data(data_dir: Path) -> tuple[Path, Path, Path]:
     """(tokenizer, pair manifest, text manifest), built once for all seeds."""
-    from tools.make_shards import main as make_shards
-    from tools.train_tokenizer import train_tokenizer
-
+    try:  # shard preparation's command line is a repository tool, not part of the installed package
+        from tools.make_shards import main as make_shards
+    except ModuleNotFoundError as error:
+        raise SystemExit("bench/retromae_ablation.py needs the repository's tools/: run it from the repository "
+                         "root as `python -m bench.retromae_ablation`") from error
     tokenizer, pairs, text = data_dir / "tokenizer", data_dir / "pairs", data_dir / "text"
     if (text / "manifest.json").is_file():
         return tokenizer, pairs / "manifest.json", text / "manifest.json"
@@ -270,8 +271,6 @@ def report(args, a: list[dict], b: list[dict], bm25: dict, speed: dict) -> str:
 
 def run_seed(args, seed: int, tokenizer: Path, pairs: Path, text: Path) -> tuple[dict, dict, Path]:
     """(A results, B results, A's final export) of one seed."""
-    from tools.build_model import build_model
-
     root = args.out / f"seed{seed}"
     init = root / "init"
     if not (init / "config.json").is_file():

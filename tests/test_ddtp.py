@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.build_ddtp import SAMPLE_DIR, load_descriptions, parse_args, prepare
+from tools.ddtp.build import SAMPLE_DIR, load_descriptions, parse_args, prepare
 from tools.ddtp.export import beir_from_rows, read_beir, read_jsonl_gz
 from tools.ddtp.fetch import (decompress, find_translation_files, read_translation, translation_language,
                               write_apt_config)

@@ -1,4 +1,5 @@
-"""Tests of the tokenizer and tiny-model tools, on the shipped sample and real transformers classes."""
+"""Tests of the tokenizer and tiny-model builders (framework/starting/) and their command lines (tools/), on the
+shipped sample and real transformers classes."""
 from __future__ import annotations
 
 import json
@@ -11,9 +12,8 @@ import sentencepiece as spm
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from tools.build_model import SIZES, build_config, build_model
+from framework.starting import SIZES, build_config, build_model, train_tokenizer
 from tools.train_tokenizer import main as train_tokenizer_main
-from tools.train_tokenizer import train_tokenizer
 
 MULTILINGUAL = {
     "latin": "République fédérale d'Allemagne",

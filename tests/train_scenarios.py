@@ -109,5 +109,4 @@ def main(spec_path: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO_ROOT))
     main(sys.argv[1])

@@ -35,10 +35,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-if __package__ in (None, ""):  # `python tools/extend_positions.py` puts tools/, not the repo root, on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from framework.pretrain.positions import check_absolute, max_tokens, position_offset, tile_positions  # noqa: E402
+from framework.model.positions import max_tokens, position_offset
+from framework.pretrain.positions import check_absolute, tile_positions
 
 TABLE_SUFFIX = "embeddings.position_embeddings.weight"
 # Buffers of length max_position_embeddings that some (older) checkpoints store.

@@ -22,11 +22,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if __package__ in (None, ""):  # `python tools/submit_shards.py` puts tools/, not the repo root, on sys.path
-    sys.path.insert(0, str(REPO_ROOT))
+if __package__:  # python -m tools.submit_shards, or imported as tools.submit_shards
+    from tools.make_shards import ShardConfig, build_parser
+else:  # python tools/submit_shards.py: this file's folder heads the import path
+    from make_shards import ShardConfig, build_parser
 
-from tools.make_shards import ShardConfig, build_parser  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 SLURM_DIR = REPO_ROOT / "slurm"
 

@@ -1,18 +1,18 @@
 """Benchmarks: tasks of (corpus, queries, qrels), from BEIR folders or the shipped DDTP rows.
 
 `load_benchmark(name_or_dir, config)` accepts
-  * "ddtp" / "ddtp-test" / "ddtp-dev": the DDTP sample of this repository (data/ddtp/{test,dev});
+  * "ddtp" / "ddtp-test" / "ddtp-dev": the shipped DDTP sample (data/ddtp/{test,dev}, framework/resources.py);
   * a folder of DDTP rows (<direction>.jsonl.gz, e.g. the test/ folder of a full tools/build_ddtp.py build);
   * a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv): one task named after the folder;
   * a folder of BEIR folders (MIRACL per language, DDTP's beir/test/): one task per subfolder.
 
 DDTP: every direction is its own task with its own corpus, exactly the folders tools/ddtp/export.py writes
-(identical texts merged, md5 ids). A cross-lingual direction xx-en searches the English descriptions of
-the packages that have an xx query, not one English corpus shared by all xx-en: so xx and xx-en search
-the same packages in a corpus of the same size and differ only in the query-document language pairing,
-and the numbers equal those of an evaluation of the exported BEIR folders. Tasks are grouped
-"monolingual" and "cross-lingual" for averages. Encoding is shared: a text in several corpora (an
-English description in en and in several xx-en) is encoded once.
+(identical texts merged, md5 ids: framework/evaluate/ddtp.py holds the rules both use). A cross-lingual
+direction xx-en searches the English descriptions of the packages that have an xx query, not one English
+corpus shared by all xx-en: so xx and xx-en search the same packages in a corpus of the same size and
+differ only in the query-document language pairing, and the numbers equal those of an evaluation of the
+exported BEIR folders. Tasks are grouped "monolingual" and "cross-lingual" for averages. Encoding is
+shared: a text in several corpora (an English description in en and in several xx-en) is encoded once.
 
 Queries without any relevant judgement cannot be scored; they are dropped and counted (BEIR does the
 same). Every other inconsistency raises ValueError naming the file and the fix.
@@ -20,15 +20,14 @@ same). Every other inconsistency raises ValueError naming the file and the fix.
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from framework.evaluate.beir import beir_files, load_corpus, load_qrels, load_queries, read_jsonl
+from framework.evaluate.beir import beir_files, load_corpus, load_qrels, load_queries
 from framework.evaluate.config import BenchmarkConfig
+from framework.evaluate.ddtp import beir_tables, read_pairs
+from framework.resources import ddtp_dir
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DDTP_DIR = REPO_ROOT / "data" / "ddtp"
 DDTP_NAMES = {"ddtp": "test", "ddtp-test": "test", "ddtp-dev": "dev"}
 ROWS_SUFFIX = ".jsonl.gz"
 log = logging.getLogger(__name__)
@@ -73,7 +72,7 @@ def load_benchmark(name_or_dir: str | Path, config: BenchmarkConfig = BenchmarkC
     key = str(name_or_dir)
     if key in DDTP_NAMES:
         split = DDTP_NAMES[key]
-        tasks = load_ddtp_rows(DDTP_DIR / split)
+        tasks = load_ddtp_rows(ddtp_dir() / split)
         name = key
     else:
         path = Path(name_or_dir)
@@ -107,27 +106,16 @@ def load_beir_task(folder: Path, split: str) -> Task:
                 source=str(folder))
 
 
-def _ddtp_export():
-    """tools.ddtp.export, whose merging rules define the DDTP BEIR tables (reused, not copied)."""
-    # `tools` is not installed (setup.py ships `framework` only) but the DDTP data and its tools share
-    # this checkout, so the repository root is a safe place to import it from.
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.append(str(REPO_ROOT))
-    from tools.ddtp import export
-    return export
-
-
 def load_ddtp_rows(folder: Path) -> list[Task]:
     """One task per <direction>.jsonl.gz of DDTP rows (data/ddtp/test, a full build's dev/test)."""
     # Each language's monolingual direction, then its cross-lingual one: cs, cs-en, da, da-en, ...
     files = sorted(folder.glob("*" + ROWS_SUFFIX), key=lambda p: p.name[: -len(ROWS_SUFFIX)])
     if not files:
         raise ValueError(f"no *{ROWS_SUFFIX} rows under {folder}; run tools/build_ddtp.py or pass another split")
-    export = _ddtp_export()
     tasks = []
     for path in files:
         direction = path.name[: -len(ROWS_SUFFIX)]
-        corpus, queries, qrels = export.beir_tables(_ddtp_pairs(path, export.Pair))
+        corpus, queries, qrels = beir_tables(read_pairs(path))
         relevant: dict[str, dict[str, int]] = {}
         for query_id, doc_id in qrels:
             relevant.setdefault(query_id, {})[doc_id] = 1
@@ -135,18 +123,6 @@ def load_ddtp_rows(folder: Path) -> list[Task]:
         tasks.append(Task(direction, [r["_id"] for r in corpus], [r["text"] for r in corpus],
                           [r["_id"] for r in queries], [r["text"] for r in queries], relevant, group, str(path)))
     return tasks
-
-
-def _ddtp_pairs(path: Path, pair_type) -> list:
-    """Pairs of a rows file; read here (not with export.read_jsonl_gz) to name the line of a bad row."""
-    pairs = []
-    for line_no, row in read_jsonl(path):
-        query, pos = row.get("query"), row.get("pos")
-        if not isinstance(query, str) or not isinstance(pos, list) or not pos or not isinstance(pos[0], str):
-            raise ValueError(f"{path}:{line_no}: a DDTP row needs a 'query' string and a non-empty 'pos' list; "
-                             "fix the row or rebuild with tools/build_ddtp.py")
-        pairs.append(pair_type(query, pos[0], str(row.get("lang", path.name)), str(row.get("md5", line_no))))
-    return pairs
 
 
 def select_tasks(tasks: list[Task], names: tuple[str, ...]) -> list[Task]:

@@ -13,9 +13,8 @@ Layout under the output directory (direction = "xx" monolingual or "xx-en" cross
 The full build writes the BEIR folders directly; the shipped sample (data/ddtp/) carries rows only and
 beir_from_rows() (tools/build_ddtp.py --beir-from) derives the same folders from its dev/test rows.
 In BEIR folders identical texts are merged, so a synopsis shared by several packages is one query with
-several relevant documents. Ids are md5s: a document is "d" + the smallest md5 whose positive it is, a
-query "q" + the smallest md5 whose query it is. Files are byte-identical across runs (gzip mtime 0,
-rows sorted by md5).
+several relevant documents (beir_tables, in framework/evaluate/ddtp.py because the evaluation of the shipped
+rows applies the same rules). Files are byte-identical across runs (gzip mtime 0, rows sorted by md5).
 """
 from __future__ import annotations
 
@@ -24,7 +23,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from tools.ddtp.pairs import Pair
+from framework.evaluate.ddtp import Pair, beir_tables
 
 ROW_TYPE = "ddtp"
 
@@ -62,22 +61,6 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
     lines = [_json_line(row) for row in rows]
     path.write_text("".join(lines), encoding="utf-8")
     return len(lines)
-
-
-def beir_tables(pairs: list[Pair]) -> tuple[list[dict], list[dict], list[tuple[str, str]]]:
-    """(corpus, queries, qrels) of one direction, identical texts merged, everything sorted by id."""
-    query_lang, _, doc_lang = pairs[0].lang.partition("-") if pairs else ("", "", "")
-    doc_lang = doc_lang or query_lang
-    doc_ids: dict[str, str] = {}
-    query_ids: dict[str, str] = {}
-    for pair in sorted(pairs, key=lambda p: p.md5):
-        doc_ids.setdefault(pair.pos, "d" + pair.md5)
-        query_ids.setdefault(pair.query, "q" + pair.md5)
-    corpus = sorted(({"_id": i, "text": t, "lang": doc_lang} for t, i in doc_ids.items()), key=lambda r: r["_id"])
-    queries = sorted(({"_id": i, "text": t, "lang": query_lang} for t, i in query_ids.items()),
-                     key=lambda r: r["_id"])
-    qrels = sorted({(query_ids[p.query], doc_ids[p.pos]) for p in pairs})
-    return corpus, queries, qrels
 
 
 def write_beir(folder: Path, pairs: list[Pair], split: str) -> dict[str, int]:

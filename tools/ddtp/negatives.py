@@ -14,8 +14,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from tools.ddtp.mine import build_index, pick_negatives, query_rng, rank_pool, tokenize
-from tools.ddtp.pairs import PIVOT, Pair
+from .mine import build_index, pick_negatives, query_rng, rank_pool, tokenize
+from .pairs import PIVOT, Pair
 
 # Extra ranking depth beyond the rank range, so that removing cross-lingual exclusions cannot empty it.
 _SLACK = 16

@@ -14,24 +14,13 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from dataclasses import dataclass
 
-from tools.ddtp.parse import Description
+from framework.evaluate.ddtp import Pair
+from .parse import Description
 
 SPLITS = ("train", "dev", "test")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 PIVOT = "en"
-
-
-@dataclass(frozen=True)
-class Pair:
-    """One query -> positive pair of a direction."""
-
-    query: str
-    pos: str
-    lang: str
-    """Direction: "de" (monolingual) or "de-en" (German query, English positive)."""
-    md5: str
 
 
 def index_by_md5(descriptions: dict[str, list[Description]],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
-from tools.ddtp.pairs import Pair
+from .pairs import Pair
 
 # Pairs per monolingual direction (cross-lingual directions follow their language's md5s).
 SAMPLE_CAPS = {"train": 80, "dev": 40, "test": 200}
