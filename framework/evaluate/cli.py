@@ -106,6 +106,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m framework.evaluate`: the same command as `python -m framework evaluate`, quiet by default."""
+    from framework.errors import exit_on_user_error
+    from framework.logs import configure
+
     parser = argparse.ArgumentParser(prog="python -m framework.evaluate", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also print library logs and load reports; tracebacks for user errors")
+    args = parser.parse_args(argv)
+    configure(args.verbose)
+    with exit_on_user_error("evaluate", args.verbose):
+        return run(args)
