@@ -7,7 +7,7 @@ columns, so that query trains on in-batch negatives only (the reference divides 
 All randomness comes from a seed derived from (seed, epoch, sample key), so a sample's group does not
 depend on which rank, worker or position reads it.
 
-Shape legend: Q queries, P passages (= Q * G), G group size, L tokens.
+Shape legend (docs/shapes.md): Q queries, P passages (= Q * G), G group size, L tokens.
 """
 from __future__ import annotations
 

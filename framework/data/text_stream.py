@@ -9,7 +9,7 @@ StreamConfig's group_size and query_max_length do not apply to documents.
 
 Text shards come from `tools/make_shards.py --kind text` (format: framework/data/prepare/text.py).
 
-Shape legend: B documents, L tokens.
+Shape legend (docs/shapes.md): B batch rows (documents), L tokens.
 """
 from __future__ import annotations
 

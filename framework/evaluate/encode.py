@@ -5,7 +5,7 @@ Distributed hook: with a `Shard`, rank r encodes texts r, r + W, r + 2W, ... and
 this module never imports torch.distributed) returns every rank's part, which is interleaved back
 into input order; every rank then holds the whole encoding. Without one, one process encodes everything.
 
-Shape legend: N texts, D dense size, L tokens of one text, C colbert size.
+Shape legend (docs/shapes.md): N texts, D dense size, L tokens of one text, C colbert size.
 """
 from __future__ import annotations
 

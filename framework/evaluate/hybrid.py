@@ -8,9 +8,9 @@ document found by only one list still gets its true score from the other head (n
 guess as when fusing two result lists). Candidates are sorted by id before the final top-k so that
 equal scores go to the lower document id, as in every other mode.
 
-Shape legend: Q queries, K results per query, C candidates of one query, N documents, D dense size,
-L tokens of one query, T stacked tokens of a block of queries, M tokens of all documents together,
-E colbert size.
+Shape legend (docs/shapes.md): Q queries, K results per query, N documents, D dense size, L tokens of one
+query, M tokens of all documents together; scoped here: C candidates of one query, E colbert size, T stacked
+tokens of a block of queries.
 """
 from __future__ import annotations
 

@@ -9,6 +9,8 @@ Two deliberate departures from handing trec_eval raw scores:
     ties by document id in reverse, which would silently change the ranking our search returned;
   * a query with no result at all scores 0 on every metric (trec_eval leaves it out of the average,
     which would reward a retriever for returning nothing).
+
+Shape legend (docs/shapes.md): Q queries, K results per query.
 """
 from __future__ import annotations
 

@@ -11,6 +11,8 @@
 Single process by default. With a `Shard`, the encoding (the expensive part) is split over the ranks;
 every rank then searches and scores the same encodings and returns the same results, and only rank 0
 writes files and logs to MLflow.
+
+Shape legend (docs/shapes.md): N documents, D dense size.
 """
 from __future__ import annotations
 

@@ -10,7 +10,8 @@ Dense and sparse are searched once, as deep as the deepest consumer needs, and s
 A mode's latency is the sum of the stages it depends on (index building excluded), so dense_sparse
 pays for the dense search, the sparse search and its rescoring.
 
-Shape legend: Q queries, N documents, D dense size, K results per query.
+Shape legend (docs/shapes.md): Q queries, N documents, D dense size, K results per query; scoped here:
+C candidates of one query, P documents of the rescoring pool.
 """
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ queries_QV @ docs_VN, where V is the vocabulary. docs_VN is stored column-compre
 postings of its own tokens. As with Lucene, documents sharing no token with a query are not results:
 their slots are padded with MISSING_ID.
 
-Shape legend: Q queries, N documents, V vocabulary, K results per query, C candidates of one query.
+Shape legend (docs/shapes.md): Q queries, N documents, V vocabulary, K results per query; scoped here:
+C candidates of one query.
 """
 from __future__ import annotations
 

@@ -5,7 +5,8 @@ Outputs match FlagEmbedding's BGEM3FlagModel: `dense_vecs` (N, D) array, `lexica
 arrays (CLS dropped, </s> kept). Texts are tokenised once, sorted by length so batches carry little
 padding, and results are returned in input order.
 
-Shape legend: B batch, L tokens, D dense size, C colbert size.
+Shape legend (docs/shapes.md): B batch rows, L tokens, D dense size, C colbert size, M passage tokens;
+scoped here (colbert_score, one text each): N query tokens.
 """
 from __future__ import annotations
 

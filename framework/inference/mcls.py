@@ -8,7 +8,7 @@ exactly as if they were text tokens, so the model sees one contiguous sequence a
 surgery is needed (the encoder's own position ids are used). The cost is that the inserted tokens
 consume positions: text tokens are truncated so that text + inserted CLS + </s> fits `max_length`.
 
-Shape legend: B batch, L tokens, H hidden size.
+Shape legend (docs/shapes.md): B batch rows, L tokens, H hidden size.
 """
 from __future__ import annotations
 

@@ -3,8 +3,9 @@
 Every function takes temperature-scaled scores. Passages come in groups of G per query, positive
 first, so the target of query i is passage i*G; all other passages of the batch are in-batch negatives.
 
-Shape legend:
+Shape legend (docs/shapes.md):
     Q  queries        P  passages = Q*G        G  passages per query (group size)
+    X  any number of columns (P or G)
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@
 with t = softmax(ensemble scores) over the whole batch row. The ensemble term and distillation need
 two heads or more; with one head L is that head's (weighted) InfoNCE, the reference's dense-only mode.
 
-Shape legend:
+Shape legend (docs/shapes.md):
     Q  this rank's queries        P  this rank's passages = Q*G        G  passages per query
     R  all ranks' queries         S  all ranks' passages = R*G
 """

@@ -2,11 +2,12 @@
 
 All functions return raw (not temperature-scaled) scores and keep the autograd graph.
 
-Shape legend:
+Shape legend (docs/shapes.md):
     Q  queries              P  passages
     D  vector width         L  query tokens (after CLS for ColBERT)
     M  passage tokens       U  distinct query token ids in the batch (compact vocabulary)
-    C  passages in one ColBERT chunk
+    B  batch rows (queries or passages)
+    C  passages in one ColBERT chunk (scoped here)
 """
 from __future__ import annotations
 

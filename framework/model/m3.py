@@ -7,7 +7,7 @@ Heads follow BAAI/bge-m3 exactly (see shared/reference/bge-m3-reference.md):
 Both linears always exist, even when a head is switched off, so that every export carries the two head
 files FlagEmbedding needs (a missing file makes it use random heads silently).
 
-Shape legend: B batch, L tokens, H hidden size, C colbert size.
+Shape legend (docs/shapes.md): B batch rows, L tokens, H hidden size, D dense size (= H), C colbert size.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Typed output of the M3 model.
 
-Shape legend: B batch, L tokens (input length), H hidden size, D dense size (= H), C colbert size.
+Shape legend (docs/shapes.md): B batch rows, L tokens (input length), H hidden size, D dense size (= H),
+C colbert size.
 """
 from __future__ import annotations
 

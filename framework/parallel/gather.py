@@ -38,7 +38,8 @@ in both collectives and gets a zero-row gradient. Every rank must call the same 
 order (a rank that skips one leaves the others waiting until the process group's timeout);
 mismatched ranks or dtypes raise the same ValueError on every rank.
 
-Shape legend: B this rank's rows, N all ranks' rows (sum of B), W world size, ... trailing dims.
+Shape legend (docs/shapes.md): B this rank's rows, W world size, ... trailing dims; scoped here: N all
+ranks' rows (sum of B), H header fields.
 """
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ The embedding tables (word x, position p, token type t, LayerNorm) are the encod
 the decoder owns only its layers. With more than one layer, each layer's output is the next layer's
 query stream while keys and values stay the token stream.
 
-Shape legend: B documents, L positions, K key positions (= L), H hidden size, N heads, D head size,
-V vocabulary, T predicted tokens.
+Shape legend (docs/shapes.md): B batch rows (documents), L positions, H hidden size, V vocabulary,
+T predicted tokens; scoped here: K key positions (= L), N heads, D head size.
 """
 from __future__ import annotations
 

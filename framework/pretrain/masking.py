@@ -4,7 +4,8 @@ Both are drawn from one generator seeded by (seed, step, rank) on the input's de
 draws the same masks at the same step. Special tokens (<s>, </s>, <pad>, <unk>, <mask>) and padding are
 never chosen for masking and are never prediction targets.
 
-Shape legend: B documents, L tokens (query positions), K key positions (= L).
+Shape legend (docs/shapes.md): B batch rows (documents), L tokens (query positions); scoped here:
+K key positions (= L).
 """
 from __future__ import annotations
 

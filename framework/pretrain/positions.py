@@ -5,7 +5,7 @@ token (row 1 is what padding looks up), so a table of 514 rows reads 512 tokens 
 read 8192. BERT numbers from 0 (the one list of model types: framework/model/positions.py). Everything
 here takes an HF config object or a config.json dict.
 
-Shape legend: P rows of the position table, H hidden size.
+Shape legend (docs/shapes.md): H hidden size; scoped here: P rows of the position table.
 """
 from __future__ import annotations
 

@@ -9,7 +9,8 @@ then rebuilds every ordinary token of the original document from that embedding 
 forward(input_ids_BL, attention_mask_BL, step) -> {"encoder_mlm_loss", "decoder_loss", "loss"}, like
 framework/train/objective.py's M3Objective, so the trainer runs both stage types the same way.
 
-Shape legend: B documents, L tokens, H hidden size, V vocabulary, T predicted tokens.
+Shape legend (docs/shapes.md): B batch rows (documents), L tokens, H hidden size, V vocabulary,
+T predicted tokens; scoped here: K key positions (= L).
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ bm25s computes the per-(document, token) weights; scoring reads them as one spar
 batch of queries is scored by one sparse product (256 queries against ~50k documents in about 0.1 s on
 one core) rather than a Python loop per query.
 
-Shape legend: Q queries, N documents, K results per query, V distinct document tokens.
+Shape legend (docs/shapes.md): Q queries, N documents, K results per query, V distinct document tokens.
 """
 from __future__ import annotations
 

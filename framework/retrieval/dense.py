@@ -4,7 +4,7 @@ Scores are inner products; M3's dense vectors are L2-normalised, so they are cos
 The index lives on the GPU when faiss was built with GPU support and sees one (`faiss.get_num_gpus()`),
 on the CPU otherwise; the choice is logged. HNSW has no faiss GPU implementation and stays on the CPU.
 
-Shape legend: N indexed vectors, D vector size, Q queries, K results per query.
+Shape legend (docs/shapes.md): N indexed vectors, D vector size, Q queries, K results per query.
 """
 from __future__ import annotations
 

@@ -8,8 +8,8 @@ scores all queries x all passages, as the reference does, and `rescale_grad` app
 factor. The local dense block the ensemble and self-distillation use is always computed from the local
 tensors: cut out of the gathered matrix it would carry the world-size factor too.
 
-Shape legend: Q queries, P passages (= Q * G), G group size (positive first), L tokens,
-R all ranks' queries, S all ranks' passages.
+Shape legend (docs/shapes.md): Q queries, P passages (= Q * G), G group size (positive first), L tokens,
+R all ranks' queries, S all ranks' passages, B batch rows (queries or passages), D dense size, C colbert size.
 """
 from __future__ import annotations
 

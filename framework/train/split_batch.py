@@ -12,7 +12,7 @@ Non-reentrant checkpointing is required: the reentrant variant breaks under ZeRO
 two forwards (queries, passages) before one backward. Dropout draws are replayed in the recompute
 (torch saves and restores the RNG state), so the recomputed activations equal the first ones.
 
-Shape legend: B sequences, L tokens.
+Shape legend (docs/shapes.md): B batch rows (sequences), L tokens.
 """
 from __future__ import annotations
 

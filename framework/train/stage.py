@@ -6,7 +6,7 @@ framework/train/steps.py), forward and backward of each through the DeepSpeed en
 across ranks (finite losses, and whether the next step holds an empty micro-batch), then the update, or
 the update withheld on every rank when the step must be skipped.
 
-Shape legend: A micro-batches per optimizer step (accumulation).
+Shape legend (docs/shapes.md): A micro-batches per optimizer step (accumulation).
 """
 from __future__ import annotations
 
