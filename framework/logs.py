@@ -1,10 +1,11 @@
 """What a command prints: progress lines, summaries and real warnings by default; the rest with --verbose.
 
-`configure(verbose)` runs first in every `python -m framework` command, before torch, transformers,
-DeepSpeed or MLflow are imported (some read their verbosity from the environment at import time; the
-variables also reach the processes a command starts, such as the demo's torchrun workers). Quiet means:
+`configure(verbose)` runs first in every `python -m framework` command, before DeepSpeed and MLflow are
+imported (they read their verbosity from the environment at import time; the variables also reach the
+processes a command starts, such as the demo's torchrun workers). Quiet means:
 
-  * Python logging at WARNING (the trainer's own INFO lines, resume and requeue, stay: run.py sets them);
+  * Python logging at WARNING, and no library's INFO or DEBUG records (bm25s logs at DEBUG); this
+    package's INFO lines where a command asks for them (the trainer's resume and requeue lines: run.py);
   * MLflow at WARNING (its sqlite store announces every table migration at INFO);
   * no Hugging Face progress bars ("Loading weights", "Writing model shards" per load and save);
   * transformers' LOAD REPORT dropped when it lists only the checkpoint's unused BERT pooler: M3 reads
@@ -34,7 +35,12 @@ FRESH_HEADS_MESSAGE = "has no head files"
 
 def configure(verbose: bool = False) -> None:
     """Logging and library verbosity of this process (and, through the environment, of its children)."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format=FORMAT)
+    handler = logging.StreamHandler()
+    # A library that sets its own logger to DEBUG (bm25s does) would otherwise print through this handler.
+    handler.setLevel(logging.INFO)
+    if not verbose:
+        handler.addFilter(OwnInfoOnly())
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format=FORMAT, handlers=[handler])
     if verbose:
         return
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
@@ -68,6 +74,13 @@ def _has_accelerator() -> bool:
     if accelerator is not None:
         return accelerator.is_available()
     return torch.cuda.is_available()
+
+
+class OwnInfoOnly(logging.Filter):
+    """Below WARNING, only this package's records (its INFO lines are progress, a library's are chatter)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name.split(".")[0] == "framework"
 
 
 class MessageFilter(logging.Filter):

@@ -18,7 +18,7 @@ import yaml
 
 from framework.__main__ import main
 from framework.errors import USER_ERROR_EXIT, is_user_error
-from framework.logs import UnusedPoolerReport
+from framework.logs import OwnInfoOnly, UnusedPoolerReport
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,6 +107,17 @@ def test_pooler_only_load_report_is_dropped_and_others_kept() -> None:
     assert not report.filter(record(table.format(rows=pooler)))
     assert report.filter(record(table.format(rows=pooler + "\n" + missing)))  # a missing weight is news
     assert report.filter(record("some other warning"))
+
+
+def test_quiet_handler_keeps_own_info_and_every_warning() -> None:
+    def record(name: str, level: int) -> logging.LogRecord:
+        return logging.LogRecord(name, level, __file__, 1, "message", None, None)
+
+    own = OwnInfoOnly()
+    assert own.filter(record("framework.train.stage", logging.INFO))  # "resumed stage ... at step N"
+    assert not own.filter(record("bm25s", logging.DEBUG)) and not own.filter(record("mlflow.store", logging.INFO))
+    assert own.filter(record("deepspeed", logging.WARNING)) and own.filter(record("frameworks", logging.ERROR))
+    assert not own.filter(record("frameworks", logging.INFO))  # a prefix is not the package
 
 
 @pytest.mark.distributed
