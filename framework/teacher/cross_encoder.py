@@ -4,7 +4,7 @@
 Scores are raw logits (FlagReranker's compute_score with normalize=False); the student's targets are
 softmax(scores) over each query's group, so no sigmoid is applied.
 
-Shape legend: B pairs in a batch, L tokens.
+Shape legend (docs/shapes.md): B batch rows (query-passage pairs), L tokens.
 """
 from __future__ import annotations
 

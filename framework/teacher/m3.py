@@ -5,7 +5,7 @@ distinct query and passage is encoded once (a row's query is shared by its 1 + n
 length-sorted batches under a token budget, and a head whose weight is 0 is not computed at all.
 Only the embedder's public API is used (encode, and the per-head score functions).
 
-Shape legend: N texts, D dense size, C colbert size.
+Shape legend (docs/shapes.md): N texts, D dense size, C colbert size.
 """
 from __future__ import annotations
 
