@@ -12,7 +12,7 @@ A batch may be short, or hold no sample at all, when bad records ate a rank's sh
 stream still yields it so that every rank takes part in every step; the trainer decides with the other
 ranks what such a step does (framework/train/steps.py).
 
-Shape legend: Q queries, P passages (= Q * G), G group size, B documents, L tokens.
+Shape legend (docs/shapes.md): Q queries, P passages (= Q * G), G group size, B batch rows (documents), L tokens.
 """
 from __future__ import annotations
 

@@ -16,6 +16,8 @@ Both go into one all-reduce per step: the finite flags of the step just run (dev
 while the micro-batches run) and whether the *next* step holds an empty micro-batch. So the feed draws
 each step's micro-batches one step ahead; its state (what a checkpoint saves) is the loader's position
 before the drawn-ahead step, so a resumed run reads that step again.
+
+Shape legend (docs/shapes.md): A micro-batches of one optimizer step.
 """
 from __future__ import annotations
 

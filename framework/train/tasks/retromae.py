@@ -3,6 +3,8 @@
 Section: retromae (RetroMAEConfig). Stream: TextStream over text shards, yielding `TextBatch`. Export:
 the adapted encoder alone, a plain HF directory (the next stage loads it with fresh heads, as it would
 load XLM-R).
+
+Shape legend (docs/shapes.md): B batch rows (documents), L tokens.
 """
 from __future__ import annotations
 
