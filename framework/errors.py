@@ -11,11 +11,13 @@ is still reported.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
+import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 # argparse's status for a bad command line; sysexits' EX_USAGE is 64, but 2 is what users of CLIs expect.
 USER_ERROR_EXIT = 2
@@ -63,3 +65,14 @@ def exit_on_user_error(name: str, verbose: bool | None = None) -> Iterator[None]
             raise
         report(name, error, hint="" if verbose is None else " (--verbose shows the traceback)")
         raise SystemExit(USER_ERROR_EXIT) from None
+
+
+def run_tool(prog: str, doc: str, add_arguments: Callable[[argparse.ArgumentParser], None],
+             body: Callable[[argparse.Namespace], None], argv: list[str] | None = None) -> None:
+    """The command line of a tools/ script: its options, the library's progress lines, one-line user errors."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # framework/starting logs its steps at INFO
+    with exit_on_user_error(prog):
+        body(args)

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from transformers import AutoTokenizer, XLMRobertaForSequenceClassification
 
-from framework.starting.random_model import POSITION_OFFSET, build_config, check_tokenizer_dir, copy_tokenizer
+from framework.starting.random_model import build_config, check_tokenizer_dir, save_random
 
 
 def build_cross_encoder(tokenizer_dir: str | Path, out_dir: str | Path, size: str = "tiny", seed: int = 0) -> Path:
@@ -22,10 +21,5 @@ def build_cross_encoder(tokenizer_dir: str | Path, out_dir: str | Path, size: st
     config = build_config(size, len(AutoTokenizer.from_pretrained(str(tokenizer_dir))))
     config.num_labels = 1
     config.architectures = ["XLMRobertaForSequenceClassification"]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = XLMRobertaForSequenceClassification(config)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out_dir))
-    copy_tokenizer(tokenizer_dir, out_dir, config.max_position_embeddings - POSITION_OFFSET)
+    save_random(XLMRobertaForSequenceClassification, config, tokenizer_dir, out_dir, seed)
     return out_dir

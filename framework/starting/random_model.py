@@ -105,12 +105,17 @@ def build_model(tokenizer_dir: str | Path, out_dir: str | Path, size: str = "tin
     config = build_config(size, vocab_size, max_positions)
     log.info(f"building {size} XLM-R: hidden {config.hidden_size}, {config.num_hidden_layers} layers, "
              f"vocab {vocab_size}, {config.max_position_embeddings} positions")
+    save_random(XLMRobertaModel, config, tokenizer_dir, out_dir, seed)
+    log.info(f"model ready in {out_dir}")
+    return out_dir
+
+
+def save_random(model_class: type, config: XLMRobertaConfig, tokenizer_dir: Path, out_dir: Path, seed: int) -> None:
+    """A `model_class(config)` initialised from `seed`, saved into out_dir with the tokenizer files."""
     # fork_rng keeps the caller's global RNG stream untouched while making the weights a function of seed.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = XLMRobertaModel(config)
+        model = model_class(config)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir))
     copy_tokenizer(tokenizer_dir, out_dir, config.max_position_embeddings - POSITION_OFFSET)
-    log.info(f"model ready in {out_dir}")
-    return out_dir
