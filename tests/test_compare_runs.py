@@ -58,10 +58,10 @@ def _training_run(uri: str, out: Path, name: str, stages: dict[str, dict | None]
         for step in (1, 2, 3):
             tracker.log_metrics({"loss": offset + 1.0 / step, "lr": 1e-4}, step)
         if evaluation is not None:
-            log_evaluation(evaluation, TrackingConfig(tracking_uri=uri, parent_run_id=tracker.stage_run_id,
+            log_evaluation(evaluation, TrackingConfig(uri=uri, parent_run_id=tracker.stage_run_id,
                                                       run_name=f"evaluate-{stage}"))
         tracker.end_stage()
-    log_evaluation(final, TrackingConfig(tracking_uri=uri, parent_run_id=tracker.parent_run_id,
+    log_evaluation(final, TrackingConfig(uri=uri, parent_run_id=tracker.parent_run_id,
                                          run_name="evaluate-final"))
     tracker.close()
     return tracker.parent_run_id
@@ -158,7 +158,7 @@ def test_lost_artifacts_only_merge_groups_into_tasks(store, results, capsys, cap
     from mlflow import MlflowClient
 
     uri, _ = store
-    run_id = log_evaluation(results["A"], TrackingConfig(tracking_uri=uri, experiment=LOST, run_name="eval-lost"))
+    run_id = log_evaluation(results["A"], TrackingConfig(uri=uri, experiment=LOST, run_name="eval-lost"))
 
     artifacts = Path(MlflowClient(uri).get_run(run_id).info.artifact_uri.removeprefix("file://"))
     shutil.rmtree(artifacts)
