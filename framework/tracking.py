@@ -72,6 +72,14 @@ def metric_name(name: str) -> str:
     return name.replace("@", "_at_").replace("+", "_plus_").replace(" ", "_")
 
 
+def artifact_location(uri: str) -> str | None:
+    """Artifacts of a sqlite store go next to its database file (MLflow's default is ./mlruns in whatever
+    directory the first run started in); other stores keep the server's own location."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+
+
 class MlflowStore:
     """One MLflow store, addressed by explicit run ids (the caller's active run is never touched)."""
 
@@ -86,7 +94,9 @@ class MlflowStore:
         if parent_run_id:
             return self.client.get_run(parent_run_id).info.experiment_id
         found = self.client.get_experiment_by_name(name)
-        return found.experiment_id if found else self.client.create_experiment(name)
+        if found:
+            return found.experiment_id
+        return self.client.create_experiment(name, artifact_location=artifact_location(self.uri))
 
     def create_run(self, experiment_id: str, name: str, tags: dict[str, str] | None = None,
                    parent_run_id: str | None = None) -> str:

@@ -46,3 +46,19 @@ def test_null_tracker_on_other_ranks(tmp_path):
     assert type(make_tracker(True, False, None, "exp", tmp_path)) is NullTracker
     assert not (tmp_path / "metrics.jsonl").exists()
     assert metric_name("dense+sparse ndcg@10") == "dense_plus_sparse_ndcg_at_10"
+
+
+def test_artifacts_of_a_sqlite_store_go_next_to_its_database(tmp_path, monkeypatch):
+    """MLflow's default artifact root is ./mlruns of whatever directory the first run started in."""
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    store = tmp_path / "store"
+    tracker = Tracker(f"sqlite:///{store / 'mlflow.db'}", "exp", tmp_path / "run")
+    tracker.start("run", {}, {})
+    note = tmp_path / "note.txt"
+    note.write_text("kept")
+    tracker.log_artifact(note, "notes")
+    tracker.close()
+    assert [p.read_text() for p in (store / "mlartifacts").rglob("notes/note.txt")] == ["kept"]
+    assert not (cwd / "mlruns").exists()
