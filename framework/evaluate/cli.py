@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="an extra hybrid mode with these weights (repeatable)")
     search.add_argument("--mcls", action="store_true", help="also report dense with MCLS document vectors")
     search.add_argument("--mcls-interval", type=int, default=256, help="MCLS: one CLS per this many tokens")
+    search.add_argument("--dense-dim", type=int, metavar="N",
+                        help="truncate dense vectors to their first N dims, renormalised (Matryoshka models)")
     search.add_argument("--index", choices=INDEX_KINDS, default="flat", help="faiss index of the dense search")
     search.add_argument("--nlist", type=int, default=1024, help="IVF cells")
     search.add_argument("--nprobe", type=int, default=32, help="IVF cells probed per query")
@@ -82,6 +84,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     hybrid = HybridConfig(preset=args.hybrid_preset, custom=tuple(args.hybrid_weights))
     return EvalConfig(modes=args.modes, k=args.k, candidates=args.candidates,
                       rerank_depth=args.rerank_depth, mcls=args.mcls, mcls_interval=args.mcls_interval,
+                      dense_dim=args.dense_dim,
                       batch_size=args.batch_size, query_max_length=args.query_max_length,
                       passage_max_length=args.passage_max_length, progress=not args.no_progress,
                       benchmark=benchmark, hybrid=hybrid, index=index)

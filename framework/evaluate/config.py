@@ -102,6 +102,9 @@ class EvalConfig:
     """Also report dense_mcls: corpus dense vectors by MCLS (appendix B.2), queries encoded plainly."""
     mcls_interval: int = 256
     """MCLS: one CLS token per this many positions (the paper uses 256)."""
+    dense_dim: int | None = None
+    """Keep the first N dims of every dense vector, renormalised, in every mode that reads dense vectors
+    (a model trained with loss.matryoshka_dims); None = the full width."""
     batch_size: int = 32
     """Texts per encoder forward pass."""
     query_max_length: int = 512
@@ -150,6 +153,8 @@ class EvalConfig:
         for name in ("k", "candidates", "rerank_depth", "batch_size", "query_max_length", "mcls_interval"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: use a positive integer")
+        if self.dense_dim is not None and self.dense_dim < 1:
+            raise ValueError(f"dense_dim={self.dense_dim}: use a positive width, or None for the full vectors")
         if self.mcls_interval < 2:
             raise ValueError(f"mcls_interval={self.mcls_interval}: use at least 2 (the paper uses 256)")
         if self.candidates < self.k:

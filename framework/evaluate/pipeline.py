@@ -80,7 +80,7 @@ def encode_benchmark(embedder: M3Embedder, bench: Benchmark, modes: list[str], h
     keep_colbert = colbert and colbert_fits(embedder.tokenizer, corpus_pool.texts, passage_len,
                                             embedder.model.colbert_linear.out_features,
                                             config.colbert_memory_gb * 2**30)
-    options = dict(batch_size=config.batch_size, progress=config.progress)
+    options = dict(batch_size=config.batch_size, progress=config.progress, dense_dim=config.dense_dim)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     queries = encode_texts(embedder, query_pool.texts, shard, dense=dense, sparse=sparse, multi_vector=colbert,

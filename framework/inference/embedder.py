@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from framework.data.collate import pad_to_multiple
 from framework.inference.mcls import insert_cls, mcls_dense
+from framework.loss.matryoshka import check_prefix_dim, dense_prefix_numpy
 from framework.model import M3Model, load_m3
 
 MODES = ("dense", "sparse", "colbert")
@@ -83,9 +84,13 @@ class M3Embedder:
     @torch.no_grad()
     def encode(self, texts: Sequence[str], dense: bool = True, sparse: bool = True, multi_vector: bool = False,
                batch_size: int = 32, max_length: int | None = None, truncate: bool = True,
-               mcls: bool = False, mcls_interval: int = 256, progress: bool | None = None) -> dict:
-        """Encode texts. `mcls=True` computes the dense vector by MCLS (sparse/multi-vector stay plain)."""
+               mcls: bool = False, mcls_interval: int = 256, progress: bool | None = None,
+               dense_dim: int | None = None) -> dict:
+        """Encode texts. `mcls=True` computes the dense vector by MCLS (sparse/multi-vector stay plain).
+        `dense_dim=N` keeps the first N dims of each dense vector, renormalised (Matryoshka training)."""
         texts = check_texts(texts)
+        if dense_dim is not None:
+            check_prefix_dim(dense_dim, self.model.encoder.config.hidden_size, "dense_dim")
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: use a positive batch size")
         self._check_heads(dense, sparse, multi_vector)
@@ -97,6 +102,8 @@ class M3Embedder:
         if dense and mcls:
             ids = self._tokenize(texts, max_length, truncate, mcls_interval)
             out["dense_vecs"] = self._encode_mcls(ids, batch_size, progress)
+        if dense_dim is not None and "dense_vecs" in out:
+            out["dense_vecs"] = dense_prefix_numpy(out["dense_vecs"], dense_dim, self.model.cfg.normalize)
         return out
 
     def _check_heads(self, dense: bool, sparse: bool, multi_vector: bool) -> None:

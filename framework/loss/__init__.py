@@ -1,11 +1,16 @@
-"""M3 loss: score matrices of the three heads, grouped InfoNCE, ensemble and self-knowledge distillation."""
+"""M3 loss: score matrices of the three heads, grouped InfoNCE, ensemble and self-knowledge distillation,
+Matryoshka dense prefixes, sparse-head health and the FLOPS regulariser."""
 from framework.loss.config import HeadWeights, LossConfig
 from framework.loss.infonce import grouped_infonce, infonce, m3_kd_loss, own_group, soft_cross_entropy
-from framework.loss.m3_loss import GlobalDense, HeadScores, m3_loss
+from framework.loss.m3_loss import DenseAtDim, GlobalDense, HeadScores, m3_loss
+from framework.loss.matryoshka import check_matryoshka_dims, check_prefix_dim, dense_prefix, dense_prefix_numpy
 from framework.loss.scores import colbert_scores, dense_scores, ensemble_scores, sparse_scores
+from framework.loss.sparse_health import (LexicalStats, all_zero_warnings, flops_lambda, flops_loss,
+                                          health_metrics, lexical_stats)
 
 __all__ = [
-    "GlobalDense", "HeadScores", "HeadWeights", "LossConfig", "colbert_scores", "dense_scores",
-    "ensemble_scores", "grouped_infonce", "infonce", "m3_kd_loss", "m3_loss", "own_group",
-    "soft_cross_entropy", "sparse_scores",
+    "DenseAtDim", "GlobalDense", "HeadScores", "HeadWeights", "LexicalStats", "LossConfig", "all_zero_warnings",
+    "check_matryoshka_dims", "check_prefix_dim", "colbert_scores", "dense_prefix", "dense_prefix_numpy",
+    "dense_scores", "ensemble_scores", "flops_lambda", "flops_loss", "grouped_infonce", "health_metrics",
+    "infonce", "lexical_stats", "m3_kd_loss", "m3_loss", "own_group", "soft_cross_entropy", "sparse_scores",
 ]

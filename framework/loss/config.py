@@ -74,6 +74,24 @@ class LossConfig:
     """Stop the gradient through the ensemble teacher (the reference detaches; eq. 5 does not)."""
     kd_loss_type: KdLossType = "kl_div"
     """How reranker teacher scores (pos_scores/neg_scores) are used: 'kl_div' or 'm3_kd_loss'."""
+    flops_query_weight: float = 0.0
+    """lambda_q of SPLADE's FLOPS regulariser on the queries' lexical weights, added to the total as
+    flops_loss (0 = off; SPLADE v2 uses 3e-4 for queries)."""
+    flops_passage_weight: float = 0.0
+    """lambda_p of the FLOPS regulariser on the passages' lexical weights (0 = off; SPLADE v2: 1e-4)."""
+    flops_warmup_steps: int = 0
+    """T of the regulariser's quadratic warm-up, lambda_t = lambda * min(1, t/T)^2 with t the objective's
+    micro-batch step (as self_distill_start_step counts); 0 = the full weight from the first step."""
+    sparse_all_zero_warning: float | None = 0.1
+    """Warn at a log step when more than this share of a window's queries or passages have an all-zero
+    lexical vector (the sparse head collapsing); None = never warn."""
+    matryoshka_dims: tuple[int, ...] = ()
+    """Matryoshka dense: widths whose truncated, renormalised prefix gets its own dense InfoNCE, e.g.
+    [1024, 512, 256, 128]; each must divide the dense width (list the full width to keep its term).
+    () = one InfoNCE at the full width. The ensemble and self-distillation always use the full width."""
+    matryoshka_weights: tuple[float, ...] = ()
+    """One weight per matryoshka_dims entry; the dense term of L is their weighted sum (as MRL and
+    sentence-transformers' MatryoshkaLoss). () = 1 each."""
 
     def __post_init__(self) -> None:
         _check_positive("temperature", self.temperature)
@@ -83,10 +101,51 @@ class LossConfig:
         for name in ("loss_divisor", "kd_divisor", "final_divisor"):
             if getattr(self, name) is not None:
                 _check_positive(name, getattr(self, name))
+        for name in ("flops_query_weight", "flops_passage_weight"):
+            _check_non_negative(name, getattr(self, name))
+        if self.flops_warmup_steps < 0:
+            raise ValueError(f"LossConfig.flops_warmup_steps={self.flops_warmup_steps} must be >= 0; "
+                             "use 0 for no warm-up.")
+        if self.sparse_all_zero_warning is not None and not 0 <= self.sparse_all_zero_warning <= 1:
+            raise ValueError(f"LossConfig.sparse_all_zero_warning={self.sparse_all_zero_warning} is a share; "
+                             "use a value in [0, 1], or null to never warn.")
+        if (self.flops_query_weight or self.flops_passage_weight) and not self.use_sparse:
+            raise ValueError("LossConfig.flops_query_weight/flops_passage_weight regularise the sparse head but "
+                             "use_sparse is False; turn the sparse head on or set both weights to 0.")
+        self._check_matryoshka()
         if not (self.use_dense or self.use_sparse or self.use_colbert):
             raise ValueError("LossConfig: use_dense, use_sparse and use_colbert are all False; "
                              "turn at least one head on.")
         check_choices(self, "LossConfig")
+
+    def _check_matryoshka(self) -> None:
+        dims, weights = self.matryoshka_dims, self.matryoshka_weights
+        if not dims:
+            if weights:
+                raise ValueError("LossConfig.matryoshka_weights is set but matryoshka_dims is empty; "
+                                 "give the dims too, or drop the weights.")
+            return
+        if not self.use_dense:
+            raise ValueError("LossConfig.matryoshka_dims trains dense prefixes but use_dense is False; "
+                             "turn the dense head on or drop matryoshka_dims.")
+        if any(not isinstance(d, int) or d < 1 for d in dims) or len(set(dims)) != len(dims):
+            raise ValueError(f"LossConfig.matryoshka_dims={list(dims)} must be distinct positive widths, "
+                             "e.g. [1024, 512, 256, 128].")
+        if weights and len(weights) != len(dims):
+            raise ValueError(f"LossConfig.matryoshka_weights has {len(weights)} entries for {len(dims)} "
+                             "matryoshka_dims; give one weight per dim, or none (1 each).")
+        if any(not w >= 0 for w in weights) or (weights and not sum(weights) > 0):
+            raise ValueError(f"LossConfig.matryoshka_weights={list(weights)} must be >= 0 and not all 0.")
+
+    @property
+    def matryoshka(self) -> dict[int, float]:
+        """dim -> weight of each Matryoshka dense term ({} when off)."""
+        return dict(zip(self.matryoshka_dims, self.matryoshka_weights or (1.0,) * len(self.matryoshka_dims)))
+
+    @property
+    def flops_on(self) -> bool:
+        """Whether the FLOPS regulariser adds a term."""
+        return self.flops_query_weight > 0 or self.flops_passage_weight > 0
 
     @property
     def ensemble_weights(self) -> HeadWeights:

@@ -6,6 +6,8 @@
 
 with t = softmax(ensemble scores) over the whole batch row. The ensemble term and distillation need
 two heads or more; with one head L is that head's (weighted) InfoNCE, the reference's dense-only mode.
+With Matryoshka dims (cfg.matryoshka_dims), L_dense = sum_d w_d * L_dense@d over the truncated,
+renormalised prefixes (framework/loss/matryoshka.py); the ensemble and KD keep the full-width scores.
 
 Shape legend (docs/shapes.md):
     Q  this rank's queries        P  this rank's passages = Q*G        G  passages per query
@@ -55,9 +57,20 @@ class GlobalDense:
     """With local_rows: Q x W / R, so that the engine's mean over ranks equals the mean over all R rows."""
 
 
+@dataclass(frozen=True)
+class DenseAtDim:
+    """Raw dense scores of one Matryoshka prefix width: local, or over all ranks when gathered."""
+
+    scores_QP: Tensor | None = None
+    """(Q, P) scores of the prefix vectors; used when dense_global is None."""
+    dense_global: GlobalDense | None = None
+    """The prefix vectors' scores over all ranks (the same layout as m3_loss's dense_global)."""
+
+
 def m3_loss(scores: HeadScores | Mapping[str, Tensor | None], group_size: int, step: int,
             cfg: LossConfig, teacher_scores_QG: Tensor | None = None,
-            dense_global: GlobalDense | None = None) -> dict[str, Tensor]:
+            dense_global: GlobalDense | None = None,
+            dense_dims: Mapping[int, DenseAtDim] | None = None) -> dict[str, Tensor]:
     """Named loss terms of one local batch; `loss` is the total to backpropagate.
 
     `step` is compared with cfg.self_distill_start_step; the reference counts forward calls from 0
@@ -66,17 +79,21 @@ def m3_loss(scores: HeadScores | Mapping[str, Tensor | None], group_size: int, s
     group and applied to every head's loss and the ensemble's, as the reference does.
     With `dense_global`, the dense InfoNCE runs over all ranks' queries and passages (targets r*G),
     while the ensemble and distillation use this rank's (Q, P) block, exactly as the reference does.
+    `dense_dims` (needed when cfg.matryoshka_dims is set): each prefix width's scores, local or gathered
+    like the full ones; the dense term is then their weighted sum, logged per width as dense_<d>_loss.
     """
     head_scores = _as_head_scores(scores)
     num_q = _check_inputs(head_scores, group_size, cfg, teacher_scores_QG, dense_global)
+    _check_dense_dims(dense_dims, num_q, group_size, cfg, teacher_scores_QG is not None)
     active = [head for head in HEADS if getattr(cfg, f"use_{head}")]
     local = {head: _widen(score_QP) / cfg.temperature
              for head, score_QP in _local_blocks(head_scores, dense_global, num_q, group_size).items()}
     targets_QG = None if teacher_scores_QG is None else _teacher_targets(teacher_scores_QG)
     terms = {}
     for head in active:
-        if head == "dense" and dense_global is not None:
-            terms["dense_loss"] = _global_dense_loss(dense_global, num_q, group_size, targets_QG, cfg)
+        if head == "dense":
+            terms.update(_dense_terms(local.get("dense"), dense_global, dense_dims, num_q, group_size, targets_QG,
+                                      cfg))
         else:
             terms[f"{head}_loss"] = grouped_infonce(local[head], group_size, targets_QG, cfg.kd_loss_type)
     lambdas = asdict(cfg.lambdas)
@@ -105,6 +122,28 @@ def _self_distill_terms(ensemble_QP: Tensor, local: dict[str, Tensor], lambdas: 
     weighted = [(lambdas[head], terms[f"kd_{head}_loss"]) for head in local]
     terms["kd_loss"] = _weighted_sum(weighted) / _divisor(cfg.kd_divisor, len(weighted))
     return terms
+
+
+def _dense_terms(scaled_QP: Tensor | None, dense_global: GlobalDense | None,
+                 dense_dims: Mapping[int, DenseAtDim] | None, num_q: int | None, group_size: int,
+                 targets_QG: Tensor | None, cfg: LossConfig) -> dict[str, Tensor]:
+    """dense_loss: the full width's InfoNCE, or with Matryoshka dims the weighted sum of each width's."""
+    if not cfg.matryoshka_dims:
+        return {"dense_loss": _dense_infonce(scaled_QP, dense_global, num_q, group_size, targets_QG, cfg)}
+    terms = {}
+    for dim, view in ((dim, dense_dims[dim]) for dim in cfg.matryoshka_dims):
+        scaled = None if view.scores_QP is None else _widen(view.scores_QP) / cfg.temperature
+        terms[f"dense_{dim}_loss"] = _dense_infonce(scaled, view.dense_global, num_q, group_size, targets_QG, cfg)
+    terms["dense_loss"] = _weighted_sum([(weight, terms[f"dense_{dim}_loss"])
+                                         for dim, weight in cfg.matryoshka.items()])
+    return terms
+
+
+def _dense_infonce(scaled_QP: Tensor | None, dense_global: GlobalDense | None, num_q: int | None,
+                   group_size: int, targets_QG: Tensor | None, cfg: LossConfig) -> Tensor:
+    if dense_global is not None:
+        return _global_dense_loss(dense_global, num_q, group_size, targets_QG, cfg)
+    return grouped_infonce(scaled_QP, group_size, targets_QG, cfg.kd_loss_type)
 
 
 def _global_dense_loss(dense_global: GlobalDense, num_q: int | None, group_size: int,
@@ -245,6 +284,27 @@ def _check_global(dense_global: GlobalDense, num_q: int | None, group_size: int,
                              "dense_global.teacher_scores_RG (all ranks' teacher scores, gathered).")
         _check_teacher(dense_global.teacher_scores_RG, num_r, group_size,
                        "dense_global.teacher_scores_RG")
+
+
+def _check_dense_dims(dense_dims: Mapping[int, DenseAtDim] | None, num_q: int | None, group_size: int,
+                      cfg: LossConfig, has_teacher: bool) -> None:
+    if not cfg.matryoshka_dims:
+        if dense_dims:
+            raise ValueError("m3_loss: dense_dims was given but cfg.matryoshka_dims is empty; pass None or set "
+                             "loss.matryoshka_dims.")
+        return
+    missing = sorted(set(cfg.matryoshka_dims) - set(dense_dims or {}))
+    if missing:
+        raise ValueError(f"m3_loss: cfg.matryoshka_dims={list(cfg.matryoshka_dims)} but dense_dims lacks {missing}; "
+                         "pass the scores of every prefix width (framework.train.objective builds them).")
+    for dim in cfg.matryoshka_dims:
+        view = dense_dims[dim]
+        if view.dense_global is not None:
+            _check_global(view.dense_global, num_q, group_size, cfg, has_teacher)
+        elif view.scores_QP is None:
+            raise ValueError(f"m3_loss: dense_dims[{dim}] holds no scores; give scores_QP or dense_global.")
+        else:
+            _check_matrix(view.scores_QP, group_size, f"dense_dims[{dim}].scores_QP", num_q)
 
 
 def _check_local_rows(dense_global: GlobalDense, num_q: int | None, group_size: int, cfg: LossConfig,

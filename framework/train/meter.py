@@ -1,7 +1,8 @@
 """Per-step metrics and the rank-0 console lines.
 
-Loss terms are averaged over the micro-batches of a logging window and then over ranks; token and
-sample counts are summed over ranks, so tokens/s is the whole job's throughput. Padding efficiency is
+Loss terms and the objective's reported metrics (sparse-head health) are averaged over the micro-batches
+of a logging window and then over ranks (read from the device in one transfer); token and sample counts
+are summed over ranks, so tokens/s is the whole job's throughput. Padding efficiency is
 real tokens / token positions the encoder computed on: the objective's report when it has one (unpadded
 encoding), else the batch's padded size. Skipped optimizer steps (framework/train/steps.py) are counted
 by reason, with the samples they held; the records each stream counted (bad ones, truncated...) are kept
@@ -12,6 +13,8 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+
+import torch
 
 from framework.data.batch import TrainBatch
 from framework.parallel import all_gather_object, all_reduce_mean, all_reduce_sum
@@ -44,8 +47,10 @@ class Meter:
         self._reset()
 
     def _reset(self) -> None:
-        # Loss terms stay tensors until collect(): converting each micro-batch would sync the device.
+        # Loss terms and reported metrics stay tensors until collect(): converting each micro-batch would
+        # sync the device. Each is averaged over the micro-batches that carried it.
         self.terms: dict = defaultdict(float)
+        self.counts: Counter = Counter()
         self.micro = 0
         self.samples = self.tokens = self.positions = 0
         self.skipped: Counter = Counter()
@@ -55,9 +60,10 @@ class Meter:
         self.bucket = -1
 
     def add(self, batch: TrainBatch, terms: dict, report: ForwardReport = ForwardReport()) -> None:
-        """A micro-batch that trained: its loss terms (detached tensors) and what it held."""
-        for key, value in terms.items():
+        """A micro-batch that trained: its loss terms and report metrics (detached tensors) and what it held."""
+        for key, value in (*terms.items(), *report.metrics.items()):
             self.terms[key] += value
+            self.counts[key] += 1
         self.micro += 1
         self.samples += batch.num_samples
         self.tokens += batch.num_tokens
@@ -76,10 +82,17 @@ class Meter:
         self.records.update(batch.stats)
         self.window_records.update(batch.stats)
 
+    def _means(self) -> dict[str, float]:
+        """Window mean of every term and metric, stacked so that the device is read once."""
+        if not self.terms:
+            return {}
+        sums = torch.stack([torch.as_tensor(v).detach().float().reshape(()) for v in self.terms.values()]).tolist()
+        return {k: total / self.counts[k] for k, total in zip(self.terms, sums)}
+
     def collect(self) -> Window:
         """Window metrics over all ranks (a collective: every rank calls it), then a new window."""
         elapsed = max(time.monotonic() - self.start, 1e-9)
-        means = all_reduce_mean({k: float(v) / max(self.micro, 1) for k, v in self.terms.items()})
+        means = all_reduce_mean(self._means())
         sums = all_reduce_sum({"samples": self.samples, "tokens": self.tokens, "positions": self.positions,
                                "skipped_samples": self.skipped_samples})
         # Ranks meet different kinds of bad records, so the counters go as objects, not a fixed tensor.

@@ -8,17 +8,26 @@ scores all queries x all passages, as the reference does, and `rescale_grad` app
 factor. The local dense block the ensemble and self-distillation use is always computed from the local
 tensors: cut out of the gathered matrix it would carry the world-size factor too.
 
+Matryoshka dims: every prefix width's dense scores come from the same gathered vectors (one gather,
+then truncation and renormalisation on both sides of it), so each width has the full width's
+gradient semantics. The sparse head's health (framework/loss/sparse_health.py) goes into the report as
+device tensors, and the FLOPS regulariser, when on, into the terms as flops_loss.
+
 Shape legend (docs/shapes.md): Q queries, P passages (= Q * G), G group size (positive first), L tokens,
 R all ranks' queries, S all ranks' passages, B batch rows (queries or passages), D dense size, C colbert size.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import nn
 
-from framework.loss import GlobalDense, HeadScores, LossConfig, colbert_scores, dense_scores, m3_loss, sparse_scores
+from framework.loss import (DenseAtDim, GlobalDense, HeadScores, LossConfig, check_matryoshka_dims, colbert_scores,
+                            dense_prefix, dense_scores, flops_loss, health_metrics, lexical_stats, m3_loss,
+                            sparse_scores)
 from framework.model import M3Model, M3Output
 from framework.parallel import gather, gather_with_grad, world_size
 from framework.train.split_batch import encode, sub_batch_size
@@ -32,10 +41,14 @@ INVALID_SCORE = -1e4
 
 
 class ForwardReport(NamedTuple):
-    """What a forward pass reports besides its losses (host values: reading them costs no device sync)."""
+    """What a forward pass reports besides its losses."""
 
     computed_positions: int | None = None
-    """Token positions the encoder's token-wise layers ran on; None: every padded position of the batch."""
+    """Token positions the encoder's token-wise layers ran on; None: every padded position of the batch
+    (a host value: reading it costs no device sync)."""
+    metrics: Mapping[str, torch.Tensor] = MappingProxyType({})
+    """Detached 0-dim device tensors (sparse-head health...), averaged over a logging window and read at
+    the log step like the loss terms; never read per micro-batch."""
 
 
 class ObjectiveOutput(NamedTuple):
@@ -91,6 +104,8 @@ class M3Objective(nn.Module):
             if getattr(loss_cfg, f"use_{head}") and not model_flag:
                 raise ValueError(f"loss.use_{head} is on but the model's {head} head is off; "
                                  f"switch the head on (model.{head}=true) or set loss.use_{head}=false")
+        if loss_cfg.matryoshka_dims:
+            check_matryoshka_dims(loss_cfg.matryoshka_dims, model.encoder.config.hidden_size)
         self.model = model
         self.loss_cfg = loss_cfg
         self.sub_batch, self.sub_batch_tokens = sub_batch, sub_batch_tokens
@@ -106,32 +121,91 @@ class M3Objective(nn.Module):
             batch.passage_valid_P
         scores = mask_invalid(head_scores(q, p, cfg), valid_P)
         use_global = self.gather_dense and cfg.use_dense and world_size() > 1
-        dense_global = self._global_dense(q, p, teacher_QG, valid_P, group_size) if use_global else None
-        terms = m3_loss(scores, group_size, step, cfg, teacher_QG, dense_global=dense_global)
-        return ObjectiveOutput(terms, ForwardReport(computed_positions(q, p)))
+        vectors = self._gather_dense(q, p, teacher_QG, valid_P, group_size) if use_global else None
+        dense_global = None if vectors is None else vectors.scores()
+        dense_dims = self._dense_dims(q, p, valid_P, scores, vectors, dense_global) if cfg.matryoshka_dims else None
+        terms = m3_loss(scores, group_size, step, cfg, teacher_QG, dense_global=dense_global, dense_dims=dense_dims)
+        metrics = {}
+        if cfg.use_sparse:
+            terms, metrics = self._sparse_health(q, p, valid_P, terms, step)
+        return ObjectiveOutput(terms, ForwardReport(computed_positions(q, p), MappingProxyType(metrics)))
 
-    def _global_dense(self, q: M3Output, p: M3Output, teacher_scores_QG, valid_P, group_size: int) -> GlobalDense:
+    def _sparse_health(self, q: M3Output, p: M3Output, valid_P, terms: dict, step: int) -> tuple[dict, dict]:
+        """The lexical vectors' health metrics, and flops_loss added to the total when it is on."""
+        cfg = self.loss_cfg
+        with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.flops_on):
+            query, passage = lexical_stats(q.sparse_BL, q.token_ids_BL), lexical_stats(p.sparse_BL, p.token_ids_BL,
+                                                                                       valid_P)
+        if cfg.flops_on:
+            terms = {**terms, "flops_loss": flops_loss(query, passage, cfg, step)}
+            terms["loss"] = terms["loss"] + terms["flops_loss"]
+        return terms, health_metrics(query, passage)
+
+    def _dense_dims(self, q: M3Output, p: M3Output, valid_P, scores: HeadScores, vectors: GatheredDense | None,
+                    dense_global: GlobalDense | None) -> dict[int, DenseAtDim]:
+        """Each Matryoshka width's dense scores; the full width reuses the full scores."""
+        width, normalize = q.dense_BD.shape[-1], self.model.cfg.normalize
+        views = {}
+        for dim in self.loss_cfg.matryoshka_dims:
+            if dim == width:
+                views[dim] = DenseAtDim(scores.dense, dense_global)
+            elif vectors is not None:
+                views[dim] = DenseAtDim(dense_global=vectors.scores(dim, normalize))
+            else:
+                q_Qd, p_Pd = dense_prefix(q.dense_BD, dim, normalize), dense_prefix(p.dense_BD, dim, normalize)
+                views[dim] = DenseAtDim(mask_invalid(HeadScores(dense=dense_scores(q_Qd, p_Pd)), valid_P).dense)
+        return views
+
+    def _gather_dense(self, q: M3Output, p: M3Output, teacher_scores_QG, valid_P, group_size: int) -> GatheredDense:
         if self.local_rows:
             return self._local_rows_dense(q, p, valid_P, group_size)
         q_all = gather_with_grad(q.dense_BD, self.rescale_grad)
         p_all = gather_with_grad(p.dense_BD, self.rescale_grad)
-        scores_RS = dense_scores(q_all.tensor, p_all.tensor)
-        if valid_P is not None:
-            valid_S = gather(valid_P.to(scores_RS.dtype)).tensor
-            scores_RS = scores_RS + (1 - valid_S) * INVALID_SCORE
         teacher_RG = None
         if teacher_scores_QG is not None and self.loss_cfg.kd_loss_type == "m3_kd_loss":
             teacher_RG = gather(teacher_scores_QG).tensor
-        return GlobalDense(scores_RS, q_all.offset, teacher_RG)
+        return GatheredDense(q_all.tensor, p_all.tensor, _penalty(valid_P), q_all.offset, teacher_RG)
 
-    def _local_rows_dense(self, q: M3Output, p: M3Output, valid_P, group_size: int) -> GlobalDense:
+    def _local_rows_dense(self, q: M3Output, p: M3Output, valid_P, group_size: int) -> GatheredDense:
         """This rank's queries x all ranks' passages; the passages' gradient is summed over ranks."""
         p_all = gather_with_grad(p.dense_BD, reduce_grad=True)
         num_q = q.dense_BD.shape[0]
-        scores_QS = dense_scores(q.dense_BD, p_all.tensor)
-        if valid_P is not None:
-            valid_S = gather(valid_P.to(scores_QS.dtype)).tensor
-            scores_QS = scores_QS + (1 - valid_S) * INVALID_SCORE
         # Every rank holds G passages per query, so the passages' layout gives the query rows too.
         weight = num_q * len(p_all.sizes) * group_size / sum(p_all.sizes)
-        return GlobalDense(scores_QS, p_all.offset // group_size, local_rows=True, row_weight=weight)
+        return GatheredDense(q.dense_BD, p_all.tensor, _penalty(valid_P), p_all.offset // group_size,
+                             local_rows=True, row_weight=weight)
+
+
+def _penalty(valid_P: torch.Tensor | None) -> torch.Tensor | None:
+    """INVALID_SCORE at every rank's placeholder passages, 0 elsewhere (None: all passages are real)."""
+    if valid_P is None:
+        return None
+    return (1 - gather(valid_P.to(torch.float32)).tensor) * INVALID_SCORE
+
+
+class GatheredDense(NamedTuple):
+    """Dense vectors over ranks, gathered once; `scores(dim)` scores them at the full or a prefix width."""
+
+    q_RD: torch.Tensor
+    """All ranks' queries (all rows), or this rank's queries (local rows)."""
+    p_SD: torch.Tensor
+    """All ranks' passages; this rank's rows carry the gradient (framework/parallel/gather.py)."""
+    penalty_S: torch.Tensor | None
+    """Added to every column of a placeholder passage (None: none)."""
+    row_offset: int
+    """This rank's first query among all ranks' queries."""
+    teacher_RG: torch.Tensor | None = None
+    """All ranks' reranker scores, for kd_loss_type m3_kd_loss over all rows."""
+    local_rows: bool = False
+    """q_RD holds only this rank's queries."""
+    row_weight: float = 1.0
+    """GlobalDense.row_weight of local rows."""
+
+    def scores(self, dim: int | None = None, normalize: bool = True) -> GlobalDense:
+        q_RD, p_SD = self.q_RD, self.p_SD
+        if dim is not None:
+            q_RD, p_SD = dense_prefix(q_RD, dim, normalize), dense_prefix(p_SD, dim, normalize)
+        scores_RS = dense_scores(q_RD, p_SD)
+        if self.penalty_S is not None:
+            scores_RS = scores_RS + self.penalty_S.to(scores_RS.dtype)
+        return GlobalDense(scores_RS, self.row_offset, self.teacher_RG, self.local_rows, self.row_weight)

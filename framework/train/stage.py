@@ -179,7 +179,9 @@ class StageRun:
         self.tracker.log_metrics(metrics, step)
         if is_main():
             lines = [progress_line(self.stage.name, step, self.plan.steps, metrics, elapsed_s, steps_here),
-                     *loss_lines(self.stage.name, step, since, window)]
+                     *loss_lines(self.stage.name, step, since, window),
+                     *(f"[{self.stage.name}] steps {since + 1}-{step}: {text}"
+                       for text in self.task.warnings(metrics))]
             print("\n".join(lines), flush=True)
 
     def save_checkpoint(self) -> None:

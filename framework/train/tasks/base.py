@@ -16,6 +16,7 @@ else that is kind-specific):
     forward     one micro-batch through the engine -> ObjectiveOutput: named loss terms ("loss" is the
                 total backward uses) and a ForwardReport (token positions the encoder computed on)
     export      the stage-end export directory the next stage starts from
+    warnings    console warnings about a logging window's metrics (rank 0 prints them at the log step)
 
 Batches go in by name (engine(batch=..., step=...) or keyword tensors), never as a tuple whose order
 has to match a forward signature.
@@ -69,6 +70,10 @@ class StageTask(ABC):
     def forward(self, engine: Callable[..., Any], batch, step: int) -> ObjectiveOutput:
         """Named loss terms and the report of one micro-batch (already on the engine's device); `engine` is
         the DeepSpeed engine (or the bare objective), called with the batch by name."""
+
+    def warnings(self, metrics: dict[str, float]) -> list[str]:
+        """Sentences about a logging window's metrics that a person should see (none by default)."""
+        return []
 
     @abstractmethod
     def export(self, out_dir: Path) -> Path:

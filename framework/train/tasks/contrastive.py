@@ -6,11 +6,13 @@ PairStream over pair shards, yielding `Batch`. Export: a BGE-M3 directory (frame
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from framework.data.batch import Batch
 from framework.data.stream import PairStream
+from framework.loss import all_zero_warnings, check_matryoshka_dims
 from framework.model import load_m3
 from framework.train.export import export_bge_m3
 from framework.train.objective import M3Objective, ObjectiveOutput
@@ -36,6 +38,9 @@ class ContrastiveTask(StageTask):
             if getattr(loss, f"use_{head}") and not getattr(run.model, head):
                 raise ValueError(f"{where}.loss.use_{head} is on but model.{head} is false; "
                                  f"switch the head on or set {where}.loss.use_{head}=false")
+        width = _dense_width(run.model.path) if loss.matryoshka_dims else None
+        if width is not None:
+            check_matryoshka_dims(loss.matryoshka_dims, width, f"{where}.loss.matryoshka_dims")
         if not gather.dense or gather.scores != "local_rows":
             return
         if loss.kd_loss_type == "m3_kd_loss":
@@ -57,6 +62,7 @@ class ContrastiveTask(StageTask):
                              "(the loss is 0); raise the batch size or the group size")
 
     def __init__(self, run: RunConfig, stage: StageConfig, start_dir: Path):
+        self.stage = stage
         self.model, self.tokenizer = load_m3(start_dir, dataclasses.replace(run.model, path=str(start_dir)))
         split = stage.split_batch
         self.objective = M3Objective(self.model, stage.loss, split.sub_batch, split.sub_batch_tokens,
@@ -69,5 +75,18 @@ class ContrastiveTask(StageTask):
     def forward(self, engine, batch: Batch, step: int) -> ObjectiveOutput:
         return engine(batch=batch, step=step)
 
+    def warnings(self, metrics: dict[str, float]) -> list[str]:
+        return all_zero_warnings(metrics, self.stage.loss.sparse_all_zero_warning)
+
     def export(self, out_dir: Path) -> Path:
         return export_bge_m3(self.model, self.tokenizer, out_dir)
+
+
+def _dense_width(model_path: str) -> int | None:
+    """The starting model's hidden size (every stage's dense width), when its config.json is readable; the
+    objective checks again once the model is loaded, but a later stage's mistake should not wait for it."""
+    config = Path(model_path) / "config.json"
+    try:
+        return int(json.loads(config.read_text(encoding="utf-8"))["hidden_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
