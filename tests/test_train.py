@@ -374,7 +374,9 @@ def test_curriculum_kill_and_resume_continues_identically(tmp_path, tiny_model_d
                          "buckets": {"tokens_per_rank": 1024}, "num_workers": 0, "shuffle_window": 16},
                 "optim": {"lr": 1e-3, "warmup_steps": 0}}
     warmup = run_config(tmp_path, tiny_model_dir, shards)["stages"][0]
-    warmup.update(steps=steps, freeze=[r"^model\.encoder\."])
+    # The FLOPS regulariser's warm-up runs on the micro-step, so the resumed runs must match it too.
+    warmup.update(steps=steps, freeze=[r"^model\.encoder\."],
+                  loss={"flops_query_weight": 1e-2, "flops_passage_weight": 1e-2, "flops_warmup_steps": steps})
     stages = [retromae, warmup]
     whole = run_config(tmp_path / "whole", tiny_model_dir, shards, stages=stages)
     nan_stage = dict(warmup, name="exploding", freeze=[], optim={"lr": 1e30, "warmup_steps": 0, "grad_clip": 0.0})
@@ -389,6 +391,7 @@ def test_curriculum_kill_and_resume_continues_identically(tmp_path, tiny_model_d
     expected = losses(tmp_path / "whole")
     assert sorted(expected) == sorted((s, i) for s in ("retromae", "warmup") for i in range(1, steps + 1))
     assert len(set(expected.values())) > 4
+    _check_sparse_health(tmp_path / "whole", "warmup", steps)
     for stage in killed:
         resumed = losses(tmp_path / f"killed-{stage}")
         assert resumed.keys() == expected.keys()
@@ -410,6 +413,21 @@ def test_curriculum_kill_and_resume_continues_identically(tmp_path, tiny_model_d
     assert sum(skipped.values()) > 0 and (tmp_path / "skip" / "exports" / "exploding.done.json").exists()
 
 
+def _check_sparse_health(output_dir: Path, stage: str, steps: int) -> None:
+    """Every log step of a contrastive stage carries the sparse head's health; the FLOPS term warms up."""
+    for side in ("query", "passage"):
+        nonzero = losses(output_dir, f"sparse_{side}_nonzero")
+        assert sorted(nonzero) == [(stage, i) for i in range(1, steps + 1)]
+        assert all(v > 0 for v in nonzero.values()), nonzero
+        shares = losses(output_dir, f"sparse_{side}_all_zero")
+        assert all(0 <= v <= 1 for v in shares.values()) and len(shares) == steps
+        assert all(v > 0 for v in losses(output_dir, f"sparse_{side}_flops").values())
+        assert all(v > 0 for v in losses(output_dir, f"sparse_{side}_weight").values())
+    flops = losses(output_dir, "flops_loss")
+    # One micro-batch per step: lambda_t = lambda (t / T)^2 is 0 at the first micro-step, then grows.
+    assert flops[(stage, 1)] == 0 and 0 < flops[(stage, 2)] < flops[(stage, 3)] < flops[(stage, 4)], flops
+
+
 @pytest.mark.distributed
 def test_two_ranks_zero_stages_mlflow_and_zero3_export(tmp_path, tiny_model_dir, shards):
     """One 2-process gloo launch: ZeRO 0 (all-rows gather), 2 and 3 (local-rows gather) give the same
@@ -418,8 +436,10 @@ def test_two_ranks_zero_stages_mlflow_and_zero3_export(tmp_path, tiny_model_dir,
     FlagEmbedding with equal outputs."""
     mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     stage = run_config(tmp_path, tiny_model_dir, shards)["stages"][0]
-    stage["steps"] = 3
-    second = dict(stage, name="unified", loss={"preset": "reference", "self_distill_start_step": 1},
+    # Matryoshka prefixes go through both gather layouts (truncated after the gather): equal losses too.
+    stage.update(steps=3, loss={"matryoshka_dims": [32, 16, 8]})
+    second = dict(stage, name="unified", loss={"preset": "reference", "self_distill_start_step": 1,
+                                               "matryoshka_dims": [32, 8], "matryoshka_weights": [1.0, 0.5]},
                   evaluate={"benchmark": "ddtp-dev", "tasks": ["de", "de-en"], "max_queries": 8})
     # ZeRO-0 scores all rows on every rank (the reference's way, gradient rescaled); ZeRO-2/3 use local
     # rows with the passages' gradient all-reduced: the same gradients, so the same losses.
@@ -428,13 +448,14 @@ def test_two_ranks_zero_stages_mlflow_and_zero3_export(tmp_path, tiny_model_dir,
                         zero_stage=z, tracking_uri=mlflow_uri if z == 3 else None, name=f"zero{z}")
              for z in (0, 2, 3)]
     _drive(specs, tmp_path, nproc=2)
-    base = losses(tmp_path / "zero0")
-    assert len(base) == 6 and len(set(base.values())) > 1
-    for z in (2, 3):
-        other = losses(tmp_path / f"zero{z}")
-        assert other.keys() == base.keys()
-        for key in base:
-            assert other[key] == pytest.approx(base[key], rel=1e-4, abs=1e-5), (z, key)
+    for name in ("loss", "dense_8_loss"):
+        base = losses(tmp_path / "zero0", name)
+        assert len(base) == 6 and len(set(base.values())) > 1
+        for z in (2, 3):
+            other = losses(tmp_path / f"zero{z}", name)
+            assert other.keys() == base.keys()
+            for key in base:
+                assert other[key] == pytest.approx(base[key], rel=1e-4, abs=1e-5), (z, name, key)
     _check_mlflow(mlflow_uri)
     results = json.loads((tmp_path / "zero3" / "evaluations" / "unified.json").read_text())
     assert set(results["per_task"]) == {"de", "de-en"} and 0 <= results["overall"]["dense"]["ndcg_at_10"] <= 1
@@ -456,7 +477,8 @@ def _check_mlflow(uri: str) -> None:
     assert len(evaluations) == 1 and "dense_ndcg_at_10" in evaluations[0].data.metrics
     assert unified.data.tags["zero_stage"] == "3" and unified.data.params["derived.global_batch"]
     for name in ("loss", "dense_loss", "kd_loss", "lr", "tokens_per_s", "samples_per_s", "padding_efficiency",
-                 "bucket", "grad_norm"):
+                 "bucket", "grad_norm", "dense_8_loss", "sparse_query_nonzero", "sparse_passage_all_zero",
+                 "sparse_passage_flops", "sparse_query_weight"):
         assert name in unified.data.metrics, name
     assert len(client.get_metric_history(unified.info.run_id, "loss")) == 3
     artifacts = {a.path for a in client.list_artifacts(unified.info.run_id)}
