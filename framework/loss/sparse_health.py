@@ -112,6 +112,7 @@ def all_zero_warnings(metrics: dict[str, float], threshold: float | None) -> lis
         if share is not None and share > threshold:
             lines.append(f"WARNING sparse head: {share:.0%} of {side} texts have an all-zero lexical vector "
                          f"(threshold {threshold:.0%}; mean non-zero weights per text "
-                         f"{metrics.get(f'sparse_{side}_nonzero', float('nan')):.1f}). The sparse head is "
-                         "collapsing: lower the learning rate or the FLOPS weights, or raise loss.sparse_lambda")
+                         f"{metrics.get(f'sparse_{side}_nonzero', float('nan')):.1f}): the sparse head is "
+                         "collapsing; lower the learning rate, raise loss.sparse_lambda, or lower "
+                         "loss.flops_*_weight if set")
     return lines
