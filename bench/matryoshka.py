@@ -33,20 +33,17 @@ import json
 import math
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from framework.config import read_yaml
+from framework.resources import ddtp_dir, demo_config, text_sample
+from framework.starting import build_model, train_tokenizer
 
-from framework.config import read_yaml  # noqa: E402
-
-DDTP = REPO_ROOT / "data" / "ddtp"
-SAMPLE = REPO_ROOT / "data" / "multilingual_sample.txt"
-DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
+DDTP = ddtp_dir()
+SAMPLE = text_sample()
+DEMO_CONFIG = demo_config()
 STAGES = ("unsupervised", "warmup")
 ARMS = {"A": "plain", "B": "matryoshka"}
 MAX_LENGTH = 256
@@ -61,7 +58,6 @@ def prepare_data(data_dir: Path) -> tuple[Path, Path]:
     """(tokenizer, pair manifest), built once for every seed."""
     # The demo's recipe (framework/demo.py): the sample text plus the DDTP train queries and passages.
     from tools.make_shards import main as make_shards
-    from tools.train_tokenizer import train_tokenizer
 
     tokenizer, pairs = data_dir / "tokenizer", data_dir / "pairs"
     if (pairs / "manifest.json").is_file():
@@ -200,7 +196,6 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from framework.parallel import detect_env, init_distributed, shutdown
-    from tools.build_model import build_model
 
     say(f"working in {args.out}")
     tokenizer, manifest = prepare_data(args.out / "data")

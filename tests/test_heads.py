@@ -1,6 +1,6 @@
 """Sparse-head health, the FLOPS regulariser and Matryoshka dense, against hand-written formulas.
 
-Shape legend: B texts, L tokens, V vocabulary, Q queries, P passages = Q*G, G group size, D dense width,
+Shape legend (docs/shapes.md): B texts, L tokens, V vocabulary, Q queries, P passages = Q*G, G group size, D dense width,
 d prefix width, R/S all ranks' queries/passages.
 """
 from __future__ import annotations

@@ -4,7 +4,7 @@ Training (loss.matryoshka_dims) gives each listed prefix width its own dense Inf
 prefix keeps most of the full vector's quality; inference truncates (M3Embedder.encode(dense_dim=d),
 evaluate --dense-dim d). The export stays a plain BGE-M3 model: the prefix is taken at the output.
 
-Shape legend: B texts, D dense width, d prefix width.
+Shape legend (docs/shapes.md): B texts, D dense width; d (lower case) the prefix width.
 """
 from __future__ import annotations
 

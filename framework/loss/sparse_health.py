@@ -13,7 +13,7 @@ Everything stays on the device: the trainer averages these tensors over a loggin
 them once at the log step, like the loss terms. The regulariser adds lambda_t * flops for queries and
 passages with SPLADE's quadratic warm-up lambda_t = lambda * min(1, t / T)^2.
 
-Shape legend: B texts, L tokens, N = B*L (token, text) slots.
+Shape legend (docs/shapes.md): B texts, L tokens, N the batch's (text, token) slots, B * L of them.
 """
 from __future__ import annotations
 
