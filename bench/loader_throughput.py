@@ -1,7 +1,7 @@
 """Loader throughput of one worker: pre-tokenised shards vs raw-text shards vs plain tar iteration.
 
 Builds the same synthetic fine-tuning rows (1 query, 1 positive, 7 negatives of about `--words` words)
-into two shard sets with tools/make_shards.py (one with `.tok` ids, one without), then times, in one
+into two shard sets with framework/data/prepare (one with `.tok` ids, one without), then times, in one
 process and side by side: plain tar iteration over the shards (the ceiling: read + group members), and
 the full stream (plan, read, decode, validate, tokenise or decode ids, sample groups, collate) with
 num_workers=0, i.e. the work one DataLoader worker does. Then the arithmetic of how many workers a GPU
@@ -20,16 +20,11 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
+from framework.data.prepare import ShardConfig, make_shards
 from framework.data.reader import iter_samples
 from framework.data.stream import PairStream, StreamConfig
 from framework.resources import text_sample
 from framework.starting import train_tokenizer
-
-try:  # shard preparation's command line is a repository tool, not part of the installed package
-    from tools.make_shards import ShardConfig, make_shards
-except ModuleNotFoundError as error:
-    raise SystemExit("bench/loader_throughput.py needs the repository's tools/: run it from the repository root "
-                     "as `python -m bench.loader_throughput`") from error
 
 
 def synthetic_rows(num: int, words: int, seed: int) -> list[dict]:
@@ -50,7 +45,7 @@ def time_plain(paths: list[str]) -> tuple[int, float]:
 
 
 def time_stream(manifest: Path, tok) -> tuple[int, float]:
-    cfg = StreamConfig(batch_sizes={b: 32 for b in range(200)}, group_size=8, num_workers=0)
+    cfg = StreamConfig.of({b: 32 for b in range(200)}, group_size=8, num_workers=0)
     stream = PairStream.from_manifest(manifest, cfg, tok, 0, 1)
     start, n = time.perf_counter(), 0
     for batch in stream:

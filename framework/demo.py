@@ -82,11 +82,12 @@ def starting_point(start: str, out: Path, seed: int) -> tuple[Path, str]:
 
 
 def prepare_shards(model_dir: Path, out: Path) -> Path:
-    from tools.make_shards import main as make_shards
+    from framework.data.prepare import ShardConfig, make_shards
 
-    make_shards([str(DDTP / "train"), "--out", str(out / "shards"), "--tokenizer", str(model_dir), "--pretokenize",
-                 "--max-length", "256", "--progress-seconds", "30"])
-    return out / "shards" / "manifest.json"
+    config = ShardConfig(out_dir=out / "shards", tokenizer=str(model_dir), pretokenize=True, max_length=256,
+                         progress_seconds=30)
+    make_shards([DDTP / "train"], config)
+    return config.manifest_path()
 
 
 def write_run_config(out: Path, model_dir: Path, manifest: Path, mlflow_uri: str, overrides: list[str]) -> Path:

@@ -18,7 +18,8 @@ from framework.data.manifest import Manifest, load_manifest
 from framework.data.plan import ShardRef
 from framework.data.records import validate_record
 from framework.data.stream import PairStream, ResumableLoader, StreamConfig, StreamState, loader
-from tools.make_shards import ShardConfig, main, make_shards
+from framework.data.prepare import ShardConfig, make_shards
+from tools.make_shards import main
 
 LOST = ("corrupt_shard", "missing_samples")
 
@@ -29,7 +30,7 @@ def tok(tokenizer_dir):
 
 
 def stream_config(batch_sizes: dict[int, int], **fields) -> StreamConfig:
-    return StreamConfig(batch_sizes=batch_sizes, **fields)
+    return StreamConfig.of(batch_sizes, **fields)
 
 
 def _row(i: int, num_neg: int = 3) -> dict:

@@ -22,7 +22,7 @@ from framework.pretrain import RetroMAEConfig, RetroMAEObjective, special_tokens
 from framework.pretrain.decoder import decoder_streams
 from framework.pretrain.masking import (IGNORE_INDEX, choose_encoder_tokens, corrupt, decoder_visibility,
                                         mask_generator, ordinary_tokens)
-from tools.make_shards import ShardConfig, make_shards
+from framework.data.prepare import ShardConfig, make_shards
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_LINES = (REPO_ROOT / "data" / "multilingual_sample.txt").read_text(encoding="utf-8").splitlines()
@@ -194,7 +194,7 @@ def text_manifest(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     return root / "shards" / "manifest.json"
 
 
-STREAM = StreamConfig(batch_sizes={0: 3, 1: 4, 2: 4}, seed=1, num_workers=2, shuffle_window=8,
+STREAM = StreamConfig.of({0: 3, 1: 4, 2: 4}, seed=1, num_workers=2, shuffle_window=8,
                       passage_max_length=48)
 
 
@@ -235,9 +235,9 @@ def test_text_stream_counts_bad_records_and_refuses_pair_shards(tmp_path: Path, 
             info = tarfile.TarInfo(f"{sample_key('docs', 0, i)}.json")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    cfg = StreamConfig(batch_sizes={0: 6}, num_workers=0, max_bad_fraction=0.5, bad_budget_after=1)
+    cfg = StreamConfig.of({0: 6}, num_workers=0, max_bad_fraction=0.5, bad_budget_after=1)
     (batch,) = TextStream([ShardRef(str(path), 6, "docs", 0)], cfg, tok, 0, 1)
-    assert len(batch.keys) == 4 and batch.stats == {"missing_field": 1, "JSONDecodeError": 1, "short_batches": 1}
+    assert len(batch.keys) == 4 and batch.stats == {"missing_field": 1, "malformed_json": 1, "short_batches": 1}
 
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(json.dumps({"query": "q", "pos": ["p"]}) + "\n")

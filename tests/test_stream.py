@@ -55,7 +55,7 @@ def tok(tokenizer_dir):
     return AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
-CFG = StreamConfig(batch_sizes={0: 4, 1: 3, 2: 2}, group_size=3, seed=5, num_workers=2, shuffle_window=7)
+CFG = StreamConfig.of({0: 4, 1: 3, 2: 2}, group_size=3, seed=5, num_workers=2, shuffle_window=7)
 
 
 def _run(shards, tok, rank, world, cfg=CFG, state=StreamState(), limit=None):
@@ -126,7 +126,7 @@ def test_pretokenized_shards_equal_raw_text(tmp_path, tok):
 
 def test_queries_without_negatives_are_counted_and_masked(tmp_path, tok):
     shards = write_shards(tmp_path, sources=("a",), buckets=(0,), records=lambda s, b, i: _record(s, b, i, num_neg=0))
-    batches = _run(shards, tok, 0, 1, cfg=StreamConfig(batch_sizes={0: 4}, group_size=3))
+    batches = _run(shards, tok, 0, 1, cfg=StreamConfig.of({0: 4}, group_size=3))
     assert sum(b.stats.get("no_negatives", 0) for b in batches) == 4 * len(batches)
     assert not batches[0].passage_valid_P.view(4, 3)[:, 1:].any() and batches[0].passage_valid_P.view(4, 3)[:, 0].all()
 
@@ -138,26 +138,27 @@ def test_bad_records_and_corrupt_shards_are_counted(tmp_path, tok):
     # Truncate one shard in the middle of its members.
     data = open(shards[0].path, "rb").read()
     open(shards[0].path, "wb").write(data[: len(data) // 2])
-    cfg = StreamConfig(batch_sizes={0: 2}, group_size=2, max_bad_fraction=1.0)
+    cfg = StreamConfig.of({0: 2}, group_size=2, max_bad_fraction=1.0)
     batches = _run(shards, tok, 0, 1, cfg=cfg)
     stats = {}
     for b in batches:
         for k, v in b.stats.items():
             stats[k] = stats.get(k, 0) + v
     assert stats["missing_field"] >= 2 and stats["corrupt_shard"] >= 1
-    # Spare samples replace bad ones; once a rank's data is gone its batches come short (even empty),
-    # never missing, so every rank still takes every step.
+    # A batch is exactly its planned sample positions: a bad or lost sample leaves it short (refilling
+    # from later samples would break exact resume), never missing, so every rank still takes every step.
     planned = PairStream(shards, cfg, tok, 0, 1, validate).schedule_lengths()
     assert len(batches) == sum(planned) and stats["short_batches"] >= 1
-    assert batches[-1].q_ids_QL.shape[0] < 2 and batches[0].q_ids_QL.shape[0] == 2
+    assert all(len(b.keys) + b.stats.num_bad == 2 for b in batches)
+    assert any(b.q_ids_QL.shape[0] < 2 for b in batches) and any(b.q_ids_QL.shape[0] == 2 for b in batches)
     with pytest.raises(DataError, match="max_bad_fraction"):
-        _run(shards, tok, 0, 1, cfg=StreamConfig(batch_sizes={0: 2}, group_size=2, max_bad_fraction=0.0,
+        _run(shards, tok, 0, 1, cfg=StreamConfig.of({0: 2}, group_size=2, max_bad_fraction=0.0,
                                                           bad_budget_after=1))
 
 
 def test_worker_count_must_match_the_plan(tmp_path, tok):
     shards = write_shards(tmp_path, sources=("a",), buckets=(0,))
-    stream = PairStream(shards, StreamConfig(batch_sizes={0: 2}, num_workers=2), tok, 0, 1, validate)
+    stream = PairStream(shards, StreamConfig.of({0: 2}, num_workers=2), tok, 0, 1, validate)
     with pytest.raises(ValueError, match="must match"):
         list(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=1))
 
@@ -165,7 +166,7 @@ def test_worker_count_must_match_the_plan(tmp_path, tok):
 @pytest.mark.slow
 def test_jsonl_to_shards_to_stream_end_to_end(tmp_path, tok, tokenizer_dir):
     """The real path: JSONL -> tools/make_shards.py (pre-tokenised, bucketed) -> manifest -> stream."""
-    from tools.make_shards import ShardConfig, make_shards
+    from framework.data.prepare import ShardConfig, make_shards
 
     rows = [_record("web", i % 3, i) for i in range(90)] + [{"query": "", "pos": ["x"]}]  # one bad row
     src = tmp_path / "web.jsonl"
@@ -174,7 +175,7 @@ def test_jsonl_to_shards_to_stream_end_to_end(tmp_path, tok, tokenizer_dir):
                                               pretokenize=True, shard_size=7, length_edges=(32, 64, 128),
                                               max_bad_fraction=0.05))
     assert manifest.num_samples == 90 and manifest.rejected.get("empty_text") == 1
-    cfg = StreamConfig(batch_sizes={0: 3, 1: 2, 2: 2}, group_size=2, num_workers=2, seed=1)
+    cfg = StreamConfig.of({0: 3, 1: 2, 2: 2}, group_size=2, num_workers=2, seed=1)
     path = tmp_path / "shards" / "manifest.json"
     runs = [list(loader(PairStream.from_manifest(path, cfg, tok, r, 2))) for r in range(2)]
     assert [b.stream for b in runs[0]] == [b.stream for b in runs[1]]
@@ -183,14 +184,14 @@ def test_jsonl_to_shards_to_stream_end_to_end(tmp_path, tok, tokenizer_dir):
     widths = {b.stream[1]: b.p_ids_PL.shape[1] for run in runs for b in run}
     assert widths[0] <= 32 and 32 < max(widths.values()) <= 128  # batches pad within their bucket
     with pytest.raises(ValueError, match=r"sources \['nope'\] are not in"):
-        PairStream.from_manifest(path, StreamConfig(batch_sizes={0: 1}, sources=("nope",)), tok, 0, 1)
+        PairStream.from_manifest(path, StreamConfig.of({0: 1}, sources=("nope",)), tok, 0, 1)
 
 
 def test_resumable_loader_state_round_trip_across_epochs(tmp_path, tok):
     from framework.data.stream import ResumableLoader
 
     shards = write_shards(tmp_path, sources=("a",), buckets=(0, 1))
-    cfg = StreamConfig(batch_sizes={0: 4, 1: 3}, group_size=2, num_workers=2)
+    cfg = StreamConfig.of({0: 4, 1: 3}, group_size=2, num_workers=2)
     make = lambda state: PairStream(shards, cfg, tok, 0, 1, validate, state)  # noqa: E731
     steps_per_epoch = sum(make(StreamState()).schedule_lengths())
     first = ResumableLoader(make)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from framework.data.records import BadRecord
+
 JSON_EXT = "json"
 TOKENS_EXT = "tok"
 # Little-endian int32 throughout: [num_texts, len_0, ..., len_{n-1}, ids_0..., ids_1..., ...].
@@ -32,17 +34,28 @@ def encode_token_ids(seqs: list[list[int]]) -> bytes:
     return np.asarray(flat, dtype=_DTYPE).tobytes()
 
 
-def decode_token_ids(payload: bytes) -> list[np.ndarray]:
-    """Inverse of encode_token_ids; raises ValueError on a truncated or inconsistent buffer."""
+def decode_token_ids(payload: bytes, vocab_size: int | None = None) -> list[np.ndarray]:
+    """Inverse of encode_token_ids; raises BadRecord ("bad_tokens") on a truncated or inconsistent
+    buffer and ("token_out_of_vocab") on an id outside [0, vocab_size) when vocab_size is given.
+
+    The id check is one min and one max over the sample's ids: cheap enough for every sample, and it
+    turns a corrupt id (or shards of another tokenizer) into a counted bad record instead of an
+    IndexError in the embedding lookup many steps later.
+    """
     if len(payload) % _DTYPE.itemsize:
-        raise ValueError(f"token payload of {len(payload)} bytes is not a whole number of int32 values")
+        raise BadRecord("bad_tokens", f"token payload of {len(payload)} bytes is not a whole number of int32 values")
     flat = np.frombuffer(payload, dtype=_DTYPE)
     if flat.size == 0 or flat[0] < 0 or flat.size < 1 + flat[0]:
-        raise ValueError("token payload header is truncated")
+        raise BadRecord("bad_tokens", "token payload header is truncated")
     num = int(flat[0])
     lengths = flat[1:1 + num]
     if (lengths < 0).any() or 1 + num + int(lengths.sum()) != flat.size:
-        raise ValueError(f"token payload lengths {lengths.tolist()} do not match its {flat.size} values")
+        raise BadRecord("bad_tokens", f"token payload lengths {lengths.tolist()} do not match its {flat.size} values")
+    ids = flat[1 + num:]
+    if vocab_size is not None and ids.size and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+        raise BadRecord("token_out_of_vocab", f"token id {bad} is outside the tokenizer's {vocab_size} ids; "
+                        "the shard is damaged or was made with another tokenizer")
     ends = np.cumsum(lengths) + 1 + num
     return [flat[end - n:end] for end, n in zip(ends.tolist(), lengths.tolist())]
 

@@ -11,7 +11,11 @@ Without a tokenizer there are no edges and every shard is bucket 0.
      "shards": [{"path", "num_samples", "num_bytes", "sha256", "source", "bucket", "lang", "pretokenized"}],
      "totals": {...derived, checked on load}, "length_histogram": {"upper_edges": [...], "counts": [...]},
      "num_records", "rejected": {reason: n}, "fixed": {reason: n}, "reject_examples": [{file, line,
-     reason, detail}], "tokenizer": {path, file, sha256, max_length} | null, "inputs": [...], "parts": [[i, n]]}
+     reason, detail}], "tokenizer": {path, file, sha256, max_length} | null, "inputs": [...], "parts": [[i, n]],
+     "duplicates": {source: n}}
+
+Integrity: `load_manifest` checks that every shard exists; framework/data/integrity.py compares sizes
+(cheap, at every stream start) and SHA-256 (`tools/make_shards.py verify`).
 """
 from __future__ import annotations
 
@@ -101,6 +105,9 @@ class Manifest:
     """Input files read, sorted."""
     parts: tuple[tuple[int, int], ...] = ()
     """(part, num_parts) of each preparation run merged in."""
+    duplicates: dict[str, int] = field(default_factory=dict)
+    """Per source: kept records that repeat an earlier one exactly (after normalisation), within each
+    preparation part (a merge adds the parts' counts; repeats across parts are not seen)."""
     root: Path = Path(".")
     """Directory the shard paths are relative to (the manifest's directory); not serialised."""
 
@@ -148,6 +155,7 @@ class Manifest:
             "reject_examples": [asdict(e) for e in self.reject_examples],
             "tokenizer": None if self.tokenizer is None else asdict(self.tokenizer),
             "inputs": list(self.inputs), "parts": [list(p) for p in self.parts],
+            "duplicates": dict(sorted(self.duplicates.items())),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -227,7 +235,8 @@ def _from_json(data: dict, root: Path) -> Manifest:
         num_records=data["num_records"], rejected=dict(data["rejected"]), fixed=dict(data["fixed"]),
         reject_examples=tuple(RejectExample(**e) for e in data["reject_examples"]),
         tokenizer=None if tokenizer is None else TokenizerInfo(**tokenizer),
-        inputs=tuple(data["inputs"]), parts=tuple(tuple(p) for p in data["parts"]), root=root)
+        inputs=tuple(data["inputs"]), parts=tuple(tuple(p) for p in data["parts"]),
+        duplicates=dict(data.get("duplicates", {})), root=root)  # manifests before duplicates were counted lack it
 
 
 def _check_consistent(manifest: Manifest, data: dict, path: Path) -> None:
@@ -277,11 +286,13 @@ def merge_manifests(paths: list[str | Path], out: str | Path, max_examples: int 
         rejected.update(part.rejected)
         fixed.update(part.fixed)
     examples = sorted((e for p in parts for e in p.reject_examples), key=lambda e: (e.file, e.line))
+    duplicates: Counter = sum((Counter(p.duplicates) for p in parts), Counter())
     merged = Manifest(shards=shards, length_edges=parts[0].length_edges,
                       num_records=sum(p.num_records for p in parts), rejected=dict(rejected),
                       fixed=dict(fixed), reject_examples=tuple(examples[:max_examples]),
                       tokenizer=parts[0].tokenizer, inputs=tuple(sorted({i for p in parts for i in p.inputs})),
-                      parts=tuple(sorted(q for p in parts for q in p.parts)), root=out.parent)
+                      parts=tuple(sorted(q for p in parts for q in p.parts)), duplicates=dict(duplicates),
+                      root=out.parent)
     _warn_missing_parts(merged.parts)
     merged.save(out)
     return merged

@@ -3,6 +3,11 @@
 A sample is a dict {"__key__": str, "__shard__": path, "__index__": int, <ext>: bytes}. Members of one
 sample are consecutive in the tar (WebDataset's convention) and share the key = name up to the first dot
 of the basename.
+
+Shards are plain (uncompressed) tars, so they are opened for random access: members before the wanted
+range are skipped by seeking over their data, not read, and a `ShardReader` remembers, per shard, the
+byte offset where its next unread sample starts, so that reading a shard window by window costs one
+pass over it instead of a re-scan from the start for every window.
 """
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ import tarfile
 from collections.abc import Iterator
 
 from framework.data.plan import Segment
+
+_ERRORS = (tarfile.TarError, OSError, EOFError)
 
 
 class ShardError(Exception):
@@ -26,33 +33,58 @@ def _split_name(name: str) -> tuple[str, str]:
     return (f"{head}/{stem}" if head else stem), ext
 
 
+class ShardReader:
+    """Reads samples [start, start + count) of shards, resuming each shard where the last read ended."""
+
+    def __init__(self) -> None:
+        self.resume_at: dict[str, tuple[int, int]] = {}
+        """Shard path -> (index of its next unread sample, byte offset of that sample's first header)."""
+
+    def read(self, path: str, start: int = 0, count: int | None = None) -> Iterator[dict]:
+        """The samples of one shard from index `start` (all of them when count is None), in order.
+
+        Raises ShardError where the tar breaks; a shard that simply ends early yields fewer samples.
+        """
+        # Compressed shards (not what make_shards writes) can only be read as a stream, from the start.
+        random_access = path.endswith(".tar")
+        index, offset = self.resume_at.pop(path, (0, 0))
+        if index > start or not random_access:
+            index, offset = 0, 0
+        end = None if count is None else start + count
+        current = None
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                with tarfile.open(fileobj=handle, mode="r:" if random_access else "r|*") as tar:
+                    for member in iter(tar.next, None):
+                        if not member.isfile():
+                            continue
+                        key, ext = _split_name(member.name)
+                        if current is not None and key != current["__key__"]:
+                            if current["__index__"] >= start:
+                                yield current
+                            index += 1
+                            current = None
+                        if end is not None and index >= end:
+                            if random_access:
+                                self.resume_at[path] = (index, member.offset)
+                            return
+                        if current is None:
+                            current = {"__key__": key, "__shard__": path, "__index__": index}
+                        if index >= start:  # members before the range are seeked over, not read
+                            current[ext] = tar.extractfile(member).read()
+                        tar.members.clear()  # random-access mode keeps every TarInfo otherwise
+        except _ERRORS as err:
+            raise ShardError(path, index, f"{type(err).__name__}: {err}") from err
+        if current is not None and current["__index__"] >= start:
+            yield current
+
+
 def iter_samples(path: str) -> Iterator[dict]:
     """All samples of one shard in order; raises ShardError where the tar breaks."""
-    index, current = 0, None
-    try:
-        with tarfile.open(path, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, ext = _split_name(member.name)
-                if current is not None and key != current["__key__"]:
-                    yield current
-                    index += 1
-                    current = None
-                if current is None:
-                    current = {"__key__": key, "__shard__": path, "__index__": index}
-                current[ext] = tar.extractfile(member).read()
-    except (tarfile.TarError, OSError, EOFError) as err:
-        raise ShardError(path, index, f"{type(err).__name__}: {err}") from err
-    if current is not None:
-        yield current
+    return ShardReader().read(path)
 
 
-def read_segment(segment: Segment) -> Iterator[dict]:
+def read_segment(segment: Segment, reader: ShardReader | None = None) -> Iterator[dict]:
     """Samples [start, start + count) of one shard."""
-    end = segment.start + segment.count
-    for sample in iter_samples(segment.path):
-        if sample["__index__"] >= end:
-            return
-        if sample["__index__"] >= segment.start:
-            yield sample
+    return (reader or ShardReader()).read(segment.path, segment.start, segment.count)

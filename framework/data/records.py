@@ -11,7 +11,8 @@ Accepted input (one JSON object per JSONL line, or a shard's `.json` member):
 Other fields are ignored. The output is always the reference form with lists (format.py).
 
 A record that cannot be used raises `BadRecord(reason, detail)`; `reason` is one of REJECT_REASONS
-(stable strings that reports count by). Repairs that keep the record are listed in `Record.fixes`
+(stable strings that reports count by), or at training time one of STREAM_REASONS (damage found in a
+shard after preparation: the stream counts those in its metrics, `records_<reason>`). Repairs that keep the record are listed in `Record.fixes`
 (FIX_REASONS): over-long texts are cut to `max_chars` ("too_long"), empty positives and negatives are
 dropped with their scores ("empty_pos_dropped", "empty_neg_dropped").
 """
@@ -25,6 +26,15 @@ from dataclasses import dataclass
 REJECT_REASONS = ("blank_line", "non_utf8", "malformed_json", "not_an_object", "missing_field", "conflicting_fields",
                   "wrong_type", "empty_text", "no_positive", "scores_length_mismatch", "bad_score",
                   "bad_source")
+# What the training stream counts besides REJECT_REASONS (framework/data/stream.py):
+#   corrupt_shard       samples lost where a tar cannot be read on (truncated or damaged file)
+#   missing_samples     samples lost because a shard holds fewer than its manifest entry says
+#   missing_member      a sample without its .json member
+#   bad_tokens          a .tok member that does not decode, or holds a list per text of another count
+#   token_out_of_vocab  a token id outside the tokenizer's vocabulary (shards of another tokenizer?)
+#   undecodable_sample  any other error turning the sample into a batch row (the detail says which)
+STREAM_REASONS = ("corrupt_shard", "missing_samples", "missing_member", "bad_tokens", "token_out_of_vocab",
+                  "undecodable_sample")
 FIX_REASONS = ("too_long", "empty_pos_dropped", "empty_neg_dropped")
 ALIASES = {"query": ("query", "text_a", "anchor"), "pos": ("pos", "passage", "text_b", "positive"),
            "neg": ("neg", "negative")}
@@ -34,10 +44,10 @@ SOURCE_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class BadRecord(ValueError):
-    """A record that cannot be used; `reason` is a stable string from REJECT_REASONS."""
+    """A record that cannot be used; `reason` is a stable string from REJECT_REASONS or STREAM_REASONS."""
 
     def __init__(self, reason: str, detail: str):
-        assert reason in REJECT_REASONS, f"unknown reject reason {reason!r}"
+        assert reason in REJECT_REASONS or reason in STREAM_REASONS, f"unknown reject reason {reason!r}"
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
@@ -142,8 +152,34 @@ def normalize_record(obj, config: RecordConfig = RecordConfig()) -> Record:
 
 
 def validate_record(obj) -> dict:
-    """normalize_record with default limits, returning the `.json` dict (the stream's validator)."""
+    """normalize_record with default limits, returning the `.json` dict."""
     return normalize_record(obj).to_json()
+
+
+def check_shard_record(obj) -> dict:
+    """The stream's validator: what a batch relies on, checked without normalising again.
+
+    make_shards wrote the `.json` member from a normalised record, so re-normalising every sample at
+    training time (re-encoding each text to find lone surrogates) only cost time: this checks the
+    structure the stream reads (a query string, a non-empty list of positive strings, negative strings,
+    finite scores of matching lengths) and raises BadRecord with the reasons normalize_record uses.
+    """
+    if not isinstance(obj, dict):
+        raise BadRecord("not_an_object", f"got a JSON {type(obj).__name__}, need an object with query and pos")
+    query, pos, neg = obj.get("query"), obj.get("pos"), obj.get("neg", [])
+    if query is None or pos is None:
+        raise BadRecord("missing_field", "no query" if query is None else "no pos")
+    if not isinstance(query, str) or not isinstance(pos, list) or not isinstance(neg, list) \
+            or not all(isinstance(t, str) for t in pos) or not all(isinstance(t, str) for t in neg):
+        raise BadRecord("wrong_type", "query must be a string, pos and neg lists of strings")
+    if not query.strip():
+        raise BadRecord("empty_text", "query is empty")
+    if not pos:
+        raise BadRecord("no_positive", "pos is empty")
+    for name, texts in (("pos_scores", pos), ("neg_scores", neg)):
+        if name in obj:
+            _scores(obj, name, len(texts))
+    return obj
 
 
 def _field(obj: dict, name: str, required: bool):

@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Literal
 
 from framework.config import apply_overrides, check_choices, from_dict, read_yaml
-from framework.data.buckets import DEFAULT_EDGES, PAPER_EDGES, BucketConfig
+# The data section has one definition, read by the stream too (framework/data/config.py); re-exported
+# here because it is part of the run config's tree.
+from framework.data.config import NAMED_EDGES, BucketSection, DataConfig  # noqa: F401
 from framework.evaluate.config import EvalConfig
 from framework.loss import LossConfig
 from framework.model.config import ModelConfig
@@ -34,7 +36,6 @@ from framework.train.tasks import TASKS, task_class
 
 Schedule = Literal["linear", "cosine", "constant"]
 Precision = Literal["auto", "bf16", "fp32"]
-NAMED_EDGES = {"default": DEFAULT_EDGES, "paper": PAPER_EDGES}
 
 
 @dataclass(frozen=True)
@@ -85,75 +86,6 @@ class ChecksConfig:
             if not re.fullmatch(r"[0-9a-f]{64}", digest):
                 raise ValueError(f"checks.accept_tokenizers: {digest!r} is not a sha256; copy the full hex digest "
                                  "the refusal message prints")
-
-
-@dataclass(frozen=True)
-class BucketSection:
-    """Length buckets and batch sizes of a stage."""
-
-    edges: str | list[int] = "manifest"
-    """'manifest' (the edges the shards were bucketed with), 'default' (the paper's edges plus x1.1
-    steps below), 'paper' (its 9 ranges) or a list; must equal the manifest's edges."""
-    total_batch: dict[int, int] = field(default_factory=dict)
-    """Upper edge -> queries per optimizer step over all ranks (the paper's Table 9)."""
-    tokens_per_rank: int | None = None
-    """Alternative: queries per micro-batch per rank = tokens_per_rank // edge."""
-
-    def __post_init__(self) -> None:
-        if isinstance(self.edges, str) and self.edges not in (*NAMED_EDGES, "manifest"):
-            raise ValueError(f"buckets.edges={self.edges!r}: use 'manifest', one of {sorted(NAMED_EDGES)} or a "
-                             "list of ints")
-        self.bucket_config(PAPER_EDGES if self.edges == "manifest" else None)
-
-    def bucket_config(self, manifest_edges: tuple[int, ...] | None) -> BucketConfig:
-        """Edges and sizes, checked against the edges the shards were prepared with."""
-        if self.edges == "manifest":
-            edges = manifest_edges
-        else:
-            edges = NAMED_EDGES[self.edges] if isinstance(self.edges, str) else tuple(self.edges)
-            if manifest_edges is not None and tuple(edges) != tuple(manifest_edges):
-                raise ValueError(f"buckets.edges {list(edges)[:5]}... differ from the manifest's length edges "
-                                 f"{list(manifest_edges)[:5]}...; use edges: manifest, or re-shard with "
-                                 "tools/make_shards.py --length-edges")
-        if edges is None:
-            raise ValueError("the manifest has no length edges (shards made without --tokenizer); re-shard with "
-                             "a tokenizer, or give buckets.edges")
-        return BucketConfig(edges=tuple(edges), total_batch=dict(self.total_batch),
-                            tokens_per_rank=self.tokens_per_rank)
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Which shards a stage reads and how it samples them."""
-
-    manifest: str = ""
-    """manifest.json written by tools/make_shards.py (or merged from several)."""
-    sources: list[str] = field(default_factory=list)
-    """Sources of the manifest to read (empty: all)."""
-    source_weights: dict[str, float] = field(default_factory=dict)
-    """Fraction (0, 1] of each source kept per epoch."""
-    mix_sources: bool = False
-    """Allow several sources in one batch (False: the reference's same-source batches)."""
-    group_size: int = 8
-    """Passages per query: 1 positive + group_size - 1 hard negatives (1: in-batch negatives only)."""
-    query_max_length: int = 512
-    """Query tokens kept (specials included)."""
-    passage_max_length: int = 8192
-    """Passage (or document, for retromae) tokens kept (specials included)."""
-    buckets: BucketSection = field(default_factory=lambda: BucketSection(total_batch={8192: 8}))
-    """Length buckets and batch sizes."""
-    num_workers: int = 1
-    """DataLoader workers per rank (0: read in the training process)."""
-    shuffle_window: int = 1024
-    """Samples shuffled together in each slot's stream."""
-    max_bad_fraction: float = 0.01
-    """Stop when more than this fraction of the records read are malformed."""
-
-    def __post_init__(self) -> None:
-        if not self.manifest:
-            raise ValueError("data.manifest is empty: give the manifest.json written by tools/make_shards.py")
-        if self.group_size < 1:
-            raise ValueError(f"data.group_size={self.group_size}: use >= 1")
 
 
 @dataclass(frozen=True)

@@ -69,12 +69,8 @@ class StageRun:
 
     def _loader(self) -> ResumableLoader:
         data = self.stage.data
-        cfg = StreamConfig(batch_sizes=self.plan.micro_per_rank, group_size=data.group_size,
-                           seed=self.run_cfg.seed + 1000 * self.index, num_workers=data.num_workers,
-                           mix_sources=data.mix_sources, source_weights=dict(data.source_weights),
-                           query_max_length=data.query_max_length, passage_max_length=data.passage_max_length,
-                           shuffle_window=data.shuffle_window, sources=tuple(data.sources),
-                           max_bad_fraction=data.max_bad_fraction)
+        # The stream reads the stage's data section as it is; only the values derived for this run are added.
+        cfg = StreamConfig(data, batch_sizes=self.plan.micro_per_rank, seed=self.run_cfg.seed + 1000 * self.index)
         # DataLoader draws a base seed when an iterator starts; from its own generator it leaves the global
         # RNG (dropout) alone, so a resumed run's dropout draws match the uninterrupted run's.
         return ResumableLoader(lambda state: self.task.stream(data.manifest, cfg, rank(), world_size(), state),
