@@ -235,10 +235,12 @@ def test_lone_surrogates_do_not_crash(tokenizer_dir: Path, tmp_path: Path) -> No
     (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n", encoding="ascii")
     config = dataclasses.replace(config_for(tokenizer_dir), num_neg=1, range_start=0, range_end=3)
     report = mine(tmp_path / "in.jsonl", tmp_path / "out.jsonl", config)
-    assert report.bad == {"non_utf8": 1} and report.num_mined == 3 and report.pool_size == 3
+    # Rows are parsed as make_shards parses them (framework/data/records.py): a lone surrogate in any text
+    # makes the row bad (non_utf8), so it is copied through unchanged, as the shards would reject it.
+    assert report.bad == {"non_utf8": 2} and report.num_mined == 2 and report.pool_size == 2
     out = (tmp_path / "out.jsonl").read_bytes().decode("utf-8").splitlines()
-    assert json.loads(out[0])["note"] == "\ud800" and out[1] == lines[1]
-    assert json.loads(out[3])["neg"] in (["Albania, Algeria"], ["Chile, China"])  # never its positive
+    assert json.loads(out[0])["note"] == "\ud800" and out[1] == lines[1] and out[3] == lines[3]
+    assert "Chile, China" not in json.loads(out[2])["neg"]  # never its positive (BM25: no other shares a token)
 
 
 @pytest.mark.parametrize("changes, match", [
@@ -248,3 +250,21 @@ def test_lone_surrogates_do_not_crash(tokenizer_dir: Path, tmp_path: Path) -> No
 def test_config_errors_name_the_fix(tokenizer_dir: Path, changes: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         dataclasses.replace(config_for(tokenizer_dir), **changes)
+
+
+def test_rows_are_parsed_as_make_shards_parses_them() -> None:
+    """Mining parses rows with framework/data/records.py: the same aliases, checks and reasons as the shards
+    (before, tools/mining/rows.py parsed them again: it refused pair aliases and kept rows the shards reject)."""
+    from framework.data.records import REJECT_REASONS
+    from tools.mining.config import BAD_REASONS, BadRow, MiningReport
+    from tools.mining.rows import parse_row, render_row
+
+    row, record = parse_row(b'{"text_a": "a query", "text_b": "its passage", "negative": ["old"], "id": 3}')
+    assert (record.query, record.pos, record.neg) == ("a query", ("its passage",), ("old",))
+    rendered = json.loads(render_row(row, ["mined"], MiningReport()))
+    assert rendered == {"text_a": "a query", "text_b": "its passage", "negative": ["mined"], "id": 3}
+    with pytest.raises(BadRow) as caught:
+        parse_row(b'{"query": "q", "pos": ["p"], "pos_scores": [1.0, 2.0]}')
+    assert caught.value.reason == "scores_length_mismatch" and set(BAD_REASONS) == set(REJECT_REASONS)
+    long = "x" * 200_000  # make_shards cuts texts to max_chars; mining writes them back whole
+    assert parse_row(json.dumps({"query": "q", "pos": [long]}).encode())[1].pos == (long,)

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from framework.data.records import REJECT_REASONS
 from framework.retrieval import DenseIndexConfig
 
 METHODS = ("dense", "bm25")
-BAD_REASONS = ("non_utf8", "blank_line", "malformed_json", "not_an_object", "missing_field", "wrong_type",
-               "empty_text", "no_positive")
+# Rows are parsed by framework/data/records.py, so a bad row has one of its reasons.
+BAD_REASONS = REJECT_REASONS
 # Line numbers listed per bad-row reason; the counts stay exact beyond this.
 MAX_LISTED = 20
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from framework.data.records import Record
 from framework.retrieval import MISSING_ID
 from tools.mining.config import BadRow, MiningConfig, MiningReport
 from tools.mining.rankers import RANKERS, Ranker
@@ -30,14 +31,14 @@ def pick_negatives(ranked_K: np.ndarray, exclude: set[int], config: MiningConfig
 def mine_chunk(first_line: int, raws: list[bytes], rank: Ranker | None, pool: Pool, config: MiningConfig,
                report: MiningReport) -> bytes:
     """Output bytes of consecutive input lines starting at 1-based `first_line`."""
-    rows: list[tuple[dict, list[str]] | None] = []
+    rows: list[tuple[dict, Record] | None] = []
     for line, raw in enumerate(raws, start=first_line):
         try:
             rows.append(parse_row(raw))
         except BadRow as error:
             report.add_bad(error, line)
             rows.append(None)
-    queries = [parsed[0]["query"] for parsed in rows if parsed is not None]
+    queries = [parsed[1].query for parsed in rows if parsed is not None]
     # A valid row has a positive, so the pool is non-empty (and a ranker exists) whenever there are queries.
     ranked = iter(rank(queries) if queries else ())
     out = []
@@ -45,8 +46,8 @@ def mine_chunk(first_line: int, raws: list[bytes], rank: Ranker | None, pool: Po
         if parsed is None:
             out.append(raw)
             continue
-        row, pos = parsed
-        picked = pick_negatives(next(ranked), pool.ids_of(pos + [row["query"]]), config, line)
+        row, record = parsed
+        picked = pick_negatives(next(ranked), pool.ids_of([*record.pos, record.query]), config, line)
         report.add_mined(len(picked), config.num_neg)
         out.append(render_row(row, [pool.texts[i] for i in picked], report))
     return b"".join(line + b"\n" for line in out)

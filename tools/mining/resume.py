@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from tools.mining.config import BadRow, MiningConfig, MiningReport
-from tools.mining.rows import iter_lines, parse_row
+from tools.mining.rows import iter_lines, neg_field, parse_row
 
 
 def sha256_of(path: Path) -> str:
@@ -54,9 +54,9 @@ def _check_state(output_path: Path, state: dict) -> None:
                      "or choose another --out")
 
 
-def _identity(row: dict) -> str:
+def _identity(row: dict, neg: str) -> str:
     """A row's content apart from what mining rewrites (canonical JSON, so NaN equals NaN)."""
-    return json.dumps({k: v for k, v in row.items() if k not in ("neg", "neg_scores")}, sort_keys=True)
+    return json.dumps({k: v for k, v in row.items() if k not in (neg, "neg_scores")}, sort_keys=True)
 
 
 def _check_kept_line(line: int, in_raw: bytes, out_raw: bytes, config: MiningConfig, report: MiningReport) -> bool:
@@ -70,9 +70,10 @@ def _check_kept_line(line: int, in_raw: bytes, out_raw: bytes, config: MiningCon
         out = json.loads(out_raw)
     except (ValueError, RecursionError):
         return False
-    if not isinstance(out, dict) or not isinstance(out.get("neg"), list) or _identity(out) != _identity(row):
+    neg = neg_field(row)
+    if not isinstance(out, dict) or not isinstance(out.get(neg), list) or _identity(out, neg) != _identity(row, neg):
         return False
-    report.add_mined(len(out["neg"]), config.num_neg)
+    report.add_mined(len(out[neg]), config.num_neg)
     report.num_neg_scores_dropped += "neg_scores" in row
     return True
 

@@ -1,12 +1,18 @@
-"""Input rows and candidate pools: parsing a JSONL line, rendering it back, and the pool of passages."""
+"""Input rows and candidate pools: parsing a JSONL line, rendering it back, and the pool of passages.
+
+A row is parsed by framework/data/records.py, as tools/make_shards.py parses it (the same aliases,
+reasons and checks), so a row mined here is one the shards accept; texts are not cut (max_chars), since
+mining writes them back.
+"""
 from __future__ import annotations
 
 import gzip
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from framework.data.records import BadRecord, load_json_line
+from framework.data.records import ALIASES, BadRecord, Record, RecordConfig, load_json_line, normalize_record
 from tools.mining.config import BadRow, MiningConfig, MiningReport
 
 CORPUS_JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
@@ -23,37 +29,32 @@ def text_ok(value) -> bool:
     return True
 
 
-def parse_row(raw: bytes) -> tuple[dict, list[str]]:
-    """(row, positives) of one input line; raises BadRow naming what is wrong."""
+# Mining writes the row's texts back as they were: no cutting of long texts.
+UNCUT = RecordConfig(max_chars=sys.maxsize)
+
+
+def parse_row(raw: bytes) -> tuple[dict, Record]:
+    """(the row as read, its normalised record) of one input line; raises BadRow naming what is wrong."""
     try:
         row = load_json_line(raw)
+        return row, normalize_record(row, UNCUT)
     except BadRecord as error:
         raise BadRow(error.reason, error.detail) from None
-    if not isinstance(row, dict):
-        raise BadRow("not_an_object", f"a JSON {type(row).__name__}, need an object with query and pos")
-    for name in ("query", "pos"):
-        if name not in row:
-            raise BadRow("missing_field", f"no {name!r}")
-    pos = [row["pos"]] if isinstance(row["pos"], str) else row["pos"]
-    if not isinstance(row["query"], str) or not isinstance(pos, list) or not all(isinstance(p, str) for p in pos):
-        raise BadRow("wrong_type", "query must be a string and pos a list of strings")
-    if not row["query"].strip():
-        raise BadRow("empty_text", "query is empty")
-    if not text_ok(row["query"]):
-        raise BadRow("non_utf8", "query holds a lone surrogate escape, which UTF-8 cannot encode")
-    pos = [p for p in pos if text_ok(p)]
-    if not pos:
-        raise BadRow("no_positive", "pos holds no non-empty passage")
-    return row, pos
+
+
+def neg_field(row: dict) -> str:
+    """The field that holds the row's negatives ("neg", or its alias "negative"), "neg" when none does."""
+    return next((name for name in ALIASES["neg"] if name in row), "neg")
 
 
 def render_row(row: dict, negatives: list[str], report: MiningReport) -> bytes:
-    """The row with `neg` replaced (in place when present, else appended) and stale neg_scores dropped."""
+    """The row with its negatives replaced (in place when present, else appended as `neg`) and stale
+    neg_scores dropped."""
     out = dict(row)
     if "neg_scores" in out:
         del out["neg_scores"]
         report.num_neg_scores_dropped += 1
-    out["neg"] = negatives
+    out[neg_field(row)] = negatives
     try:
         return json.dumps(out, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
@@ -93,11 +94,10 @@ def scan_input(path: Path, config: MiningConfig, fill_pool: bool) -> tuple[int, 
         if not fill_pool:
             continue
         try:
-            row, pos = parse_row(raw)
+            _, record = parse_row(raw)
         except BadRow:
             continue
-        old_neg = row.get("neg") if config.pool_with_neg else None
-        for text in pos + (old_neg if isinstance(old_neg, list) else [old_neg]):
+        for text in record.pos + (record.neg if config.pool_with_neg else ()):
             pool.add(text)
     return num_lines, pool
 
