@@ -8,6 +8,7 @@ batch's stats.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
@@ -41,7 +42,11 @@ def sample_json(sample: dict):
     payload = sample.get(JSON_EXT)
     if payload is None:
         raise BadRecord("missing_member", f"no .{JSON_EXT} member (members: {sorted(k for k in sample if k[0] != '_')})")
-    return load_json_line(payload)
+    try:
+        # The common case in one step; json.loads(bytes) would also guess UTF-16/32 from the first bytes.
+        return json.loads(payload.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return load_json_line(payload)  # raises BadRecord with the reason (non_utf8, blank_line, ...)
 
 
 class TokenIds:

@@ -38,7 +38,7 @@ def decode_token_ids(payload: bytes, vocab_size: int | None = None) -> list[np.n
     """Inverse of encode_token_ids; raises BadRecord ("bad_tokens") on a truncated or inconsistent
     buffer and ("token_out_of_vocab") on an id outside [0, vocab_size) when vocab_size is given.
 
-    The id check is one min and one max over the sample's ids: cheap enough for every sample, and it
+    The id check is one max over the sample's ids: cheap enough for every sample, and it
     turns a corrupt id (or shards of another tokenizer) into a counted bad record instead of an
     IndexError in the embedding lookup many steps later.
     """
@@ -52,7 +52,8 @@ def decode_token_ids(payload: bytes, vocab_size: int | None = None) -> list[np.n
     if (lengths < 0).any() or 1 + num + int(lengths.sum()) != flat.size:
         raise BadRecord("bad_tokens", f"token payload lengths {lengths.tolist()} do not match its {flat.size} values")
     ids = flat[1 + num:]
-    if vocab_size is not None and ids.size and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+    # Viewed as unsigned, a negative id is above any vocabulary: one max checks both ends.
+    if vocab_size is not None and ids.size and int(ids.view("<u4").max()) >= vocab_size:
         bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
         raise BadRecord("token_out_of_vocab", f"token id {bad} is outside the tokenizer's {vocab_size} ids; "
                         "the shard is damaged or was made with another tokenizer")

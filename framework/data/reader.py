@@ -4,10 +4,11 @@ A sample is a dict {"__key__": str, "__shard__": path, "__index__": int, <ext>: 
 sample are consecutive in the tar (WebDataset's convention) and share the key = name up to the first dot
 of the basename.
 
-Shards are plain (uncompressed) tars, so they are opened for random access: members before the wanted
-range are skipped by seeking over their data, not read, and a `ShardReader` remembers, per shard, the
-byte offset where its next unread sample starts, so that reading a shard window by window costs one
-pass over it instead of a re-scan from the start for every window.
+Shards are plain (uncompressed) tars, read by framework/data/tar.py (names, sizes and data only:
+Python's tarfile was most of a loader worker's time). Members before the wanted range are seeked over,
+not read, and a `ShardReader` remembers, per shard, the byte offset where its next unread sample
+starts, so that reading a shard window by window costs one pass over it instead of a re-scan from the
+start for every window. Compressed tars are read with tarfile's stream mode.
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import tarfile
 from collections.abc import Iterator
 
 from framework.data.plan import Segment
+from framework.data.tar import TarFormatError, TarReader
 
-_ERRORS = (tarfile.TarError, OSError, EOFError)
+_ERRORS = (TarFormatError, tarfile.TarError, OSError, EOFError)
 
 
 class ShardError(Exception):
@@ -45,39 +47,62 @@ class ShardReader:
 
         Raises ShardError where the tar breaks; a shard that simply ends early yields fewer samples.
         """
-        # Compressed shards (not what make_shards writes) can only be read as a stream, from the start.
-        random_access = path.endswith(".tar")
+        if not path.endswith(".tar"):
+            yield from _read_compressed(path, start, count)
+            return
         index, offset = self.resume_at.pop(path, (0, 0))
-        if index > start or not random_access:
+        if index > start:
             index, offset = 0, 0
         end = None if count is None else start + count
         current = None
         try:
             with open(path, "rb") as handle:
                 handle.seek(offset)
-                with tarfile.open(fileobj=handle, mode="r:" if random_access else "r|*") as tar:
-                    for member in iter(tar.next, None):
-                        if not member.isfile():
-                            continue
-                        key, ext = _split_name(member.name)
-                        if current is not None and key != current["__key__"]:
-                            if current["__index__"] >= start:
-                                yield current
-                            index += 1
-                            current = None
-                        if end is not None and index >= end:
-                            if random_access:
-                                self.resume_at[path] = (index, member.offset)
-                            return
-                        if current is None:
-                            current = {"__key__": key, "__shard__": path, "__index__": index}
-                        if index >= start:  # members before the range are seeked over, not read
-                            current[ext] = tar.extractfile(member).read()
-                        tar.members.clear()  # random-access mode keeps every TarInfo otherwise
+                tar = TarReader(handle, offset)
+                for member in tar:
+                    key, ext = _split_name(member.name)
+                    if current is not None and key != current["__key__"]:
+                        if current["__index__"] >= start:
+                            yield current
+                        index += 1
+                        current = None
+                    if end is not None and index >= end:
+                        self.resume_at[path] = (index, member.offset)
+                        return
+                    if current is None:
+                        current = {"__key__": key, "__shard__": path, "__index__": index}
+                    if index >= start:  # members before the range are seeked over, not read
+                        current[ext] = tar.data()
         except _ERRORS as err:
             raise ShardError(path, index, f"{type(err).__name__}: {err}") from err
         if current is not None and current["__index__"] >= start:
             yield current
+
+
+def _read_compressed(path: str, start: int, count: int | None) -> Iterator[dict]:
+    """The same for a compressed tar (not what make_shards writes): tarfile's stream mode, from the start."""
+    end = None if count is None else start + count
+    index, current = 0, None
+    try:
+        with tarfile.open(path, mode="r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, ext = _split_name(member.name)
+                if current is not None and key != current["__key__"]:
+                    if current["__index__"] >= start:
+                        yield current
+                    index, current = index + 1, None
+                if end is not None and index >= end:
+                    return
+                if current is None:
+                    current = {"__key__": key, "__shard__": path, "__index__": index}
+                if index >= start:
+                    current[ext] = tar.extractfile(member).read()
+    except _ERRORS as err:
+        raise ShardError(path, index, f"{type(err).__name__}: {err}") from err
+    if current is not None and current["__index__"] >= start:
+        yield current
 
 
 def iter_samples(path: str) -> Iterator[dict]:

@@ -170,7 +170,7 @@ def check_shard_record(obj) -> dict:
     if query is None or pos is None:
         raise BadRecord("missing_field", "no query" if query is None else "no pos")
     if not isinstance(query, str) or not isinstance(pos, list) or not isinstance(neg, list) \
-            or not all(isinstance(t, str) for t in pos) or not all(isinstance(t, str) for t in neg):
+            or not set(map(type, pos + neg)) <= {str}:
         raise BadRecord("wrong_type", "query must be a string, pos and neg lists of strings")
     if not query.strip():
         raise BadRecord("empty_text", "query is empty")

@@ -41,8 +41,9 @@ class OpenShard:
     def __init__(self, path: Path, source: str, bucket: int):
         self.path, self.source, self.bucket = path, source, bucket
         self.file = HashingFile(path)
-        # Fixed mtime/owner/mode make the tar bytes a function of the samples alone.
-        self.tar = wds.TarWriter(self.file, user="m3", group="m3", mode=0o444, mtime=0.0, encoder=False)
+        # Fixed mtime/owner/mode make the tar bytes a function of the samples alone. An int mtime: a float
+        # one makes tarfile write a pax header (two more blocks to read) before every member.
+        self.tar = wds.TarWriter(self.file, user="m3", group="m3", mode=0o444, mtime=0, encoder=False)
         self.num_samples, self.langs, self.pretokenized = 0, set(), None
 
     def tar_bytes(self) -> int:
