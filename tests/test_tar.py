@@ -100,3 +100,23 @@ def test_truncated_or_damaged_tars_raise_and_never_give_garbage():
     damaged[full[2][1] + 512 * 2 + 130] ^= 0x01  # a size digit of the third member's own header
     with pytest.raises(TarFormatError, match="checksum"):
         _ours(bytes(damaged))
+
+
+def test_shard_reader_reads_plain_and_compressed_shards_by_range(tmp_path):
+    import gzip
+
+    from framework.data.reader import ShardReader, iter_samples
+
+    path = tmp_path / "s.tar"
+    with wds.TarWriter(str(path), mtime=0, encoder=False) as sink:
+        for i in range(9):
+            sink.write({"__key__": f"src/{i:04d}", "json": b'{"i": %d}' % i, "tok": bytes(i)})
+    (tmp_path / "s.tar.gz").write_bytes(gzip.compress(path.read_bytes()))
+    whole = list(iter_samples(str(path)))
+    assert [s["json"] for s in whole] == [b'{"i": %d}' % i for i in range(9)]
+    for shard in (str(path), str(tmp_path / "s.tar.gz")):
+        reader = ShardReader()
+        parts = [list(reader.read(shard, lo, 3)) for lo in (0, 3, 6)]  # window after window
+        assert [s["__key__"] for part in parts for s in part] == [s["__key__"] for s in whole]
+        assert [s["tok"] for part in parts for s in part] == [s["tok"] for s in whole]
+    assert list(ShardReader().read(str(path), 7))[0]["__index__"] == 7

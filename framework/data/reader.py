@@ -13,7 +13,7 @@ start for every window. Compressed tars are read with tarfile's stream mode.
 from __future__ import annotations
 
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from framework.data.plan import Segment
 from framework.data.tar import TarFormatError, TarReader
@@ -47,62 +47,61 @@ class ShardReader:
 
         Raises ShardError where the tar breaks; a shard that simply ends early yields fewer samples.
         """
-        if not path.endswith(".tar"):
-            yield from _read_compressed(path, start, count)
+        end = None if count is None else start + count
+        if not path.endswith(".tar"):  # compressed (not what make_shards writes): tarfile, from the start
+            yield from _group(path, _compressed_members(path), 0, start, end)
             return
         index, offset = self.resume_at.pop(path, (0, 0))
         if index > start:
             index, offset = 0, 0
-        end = None if count is None else start + count
-        current = None
-        try:
-            with open(path, "rb") as handle:
-                handle.seek(offset)
-                tar = TarReader(handle, offset)
-                for member in tar:
-                    key, ext = _split_name(member.name)
-                    if current is not None and key != current["__key__"]:
-                        if current["__index__"] >= start:
-                            yield current
-                        index += 1
-                        current = None
-                    if end is not None and index >= end:
-                        self.resume_at[path] = (index, member.offset)
-                        return
-                    if current is None:
-                        current = {"__key__": key, "__shard__": path, "__index__": index}
-                    if index >= start:  # members before the range are seeked over, not read
-                        current[ext] = tar.data()
-        except _ERRORS as err:
-            raise ShardError(path, index, f"{type(err).__name__}: {err}") from err
-        if current is not None and current["__index__"] >= start:
-            yield current
+        stop = yield from _group(path, _members(path, offset), index, start, end)
+        if stop is not None:
+            self.resume_at[path] = stop
 
 
-def _read_compressed(path: str, start: int, count: int | None) -> Iterator[dict]:
-    """The same for a compressed tar (not what make_shards writes): tarfile's stream mode, from the start."""
-    end = None if count is None else start + count
-    index, current = 0, None
+Members = Iterator[tuple[str, "int | None", Callable[[], bytes]]]
+"""(name, offset of its first header, a function reading its data) of each regular member."""
+
+
+def _members(path: str, offset: int) -> Members:
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        tar = TarReader(handle, offset)
+        for member in tar:
+            yield member.name, member.offset, tar.data
+
+
+def _compressed_members(path: str) -> Members:
+    with tarfile.open(path, mode="r|*") as tar:
+        for member in tar:
+            if member.isfile():
+                yield member.name, None, lambda member=member: tar.extractfile(member).read()
+
+
+def _group(path: str, members: Members, index: int, start: int, end: int | None):
+    """Samples from consecutive members (the first one being sample `index`'s); members of samples before
+    `start` are not read. Returns (index, header offset) of the first sample at `end` or beyond, if any."""
+    current = None
     try:
-        with tarfile.open(path, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, ext = _split_name(member.name)
-                if current is not None and key != current["__key__"]:
-                    if current["__index__"] >= start:
-                        yield current
-                    index, current = index + 1, None
-                if end is not None and index >= end:
-                    return
-                if current is None:
-                    current = {"__key__": key, "__shard__": path, "__index__": index}
-                if index >= start:
-                    current[ext] = tar.extractfile(member).read()
+        for name, offset, read in members:
+            key, ext = _split_name(name)
+            if current is not None and key != current["__key__"]:
+                if current["__index__"] >= start:
+                    yield current
+                index, current = index + 1, None
+            if end is not None and index >= end:
+                return None if offset is None else (index, offset)
+            if current is None:
+                current = {"__key__": key, "__shard__": path, "__index__": index}
+            if index >= start:  # members before the range are seeked over, not read
+                current[ext] = read()
     except _ERRORS as err:
         raise ShardError(path, index, f"{type(err).__name__}: {err}") from err
+    finally:
+        members.close()
     if current is not None and current["__index__"] >= start:
         yield current
+    return None
 
 
 def iter_samples(path: str) -> Iterator[dict]:
