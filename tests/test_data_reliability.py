@@ -236,3 +236,19 @@ def test_text_stream_reads_tar_members_written_by_tarfile(tmp_path, tok):
             tar.addfile(info, io.BytesIO(data))
     (batch,) = run([ShardRef(str(path), 4, "web", 0)], tok, stream_config({0: 4}, group_size=2))
     assert len(batch.keys) == 4 and np.all(batch.q_mask_QL.numpy().sum(1) > 0)
+
+
+def test_a_console_line_names_reason_count_and_shard(tmp_path, tok):
+    """What the trainer prints from batch stats: the bad records by reason with their shards; kept-record
+    counts (truncated, repeated negatives...) are not bad records."""
+    from framework.data.stats import bad_records_line, is_bad
+
+    refs = write_pair_shards(tmp_path, tok, num_shards=3)
+    truncate_half(refs[2].path)
+    batches = run(refs, tok, stream_config({0: 4}, group_size=5, shuffle_window=36, max_bad_fraction=1.0))
+    line = bad_records_line(entry for b in batches for entry in b.stats.bad)
+    lost = sum(num_lost(b.stats) for b in batches)
+    assert line.startswith("bad records: ") and Path(refs[2].path).name in line and str(lost) in line
+    keys = {k for b in batches for k in b.stats}
+    assert "negatives_repeated/web" in keys and not is_bad("negatives_repeated/web")
+    assert {k for k in keys if is_bad(k)} <= set(LOST)

@@ -416,7 +416,7 @@ def scored_batches(pairs: Path, teacher, scale: float, tokenizer_dir: Path, out:
     manifest = make_shards([out / "scored.jsonl"], ShardConfig(out_dir=out / "shards", tokenizer=str(tokenizer_dir),
                                                                pretokenize=True, max_length=128,
                                                                length_edges=(128,)))
-    cfg = StreamConfig(batch_sizes={s.bucket: 4 for s in manifest.shards}, group_size=4, seed=3)
+    cfg = StreamConfig.of({s.bucket: 4 for s in manifest.shards}, group_size=4, seed=3)
     stream = PairStream.from_manifest(out / "shards" / "manifest.json", cfg,
                                       AutoTokenizer.from_pretrained(tokenizer_dir), 0, 1)
     return list(stream)

@@ -214,8 +214,8 @@ def test_step_feed_flags_steps_with_an_empty_micro_batch_and_resumes_at_the_step
     from framework.train.steps import StepFeed
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    cfg = StreamConfig(batch_sizes={13: 8, 14: 7}, group_size=2, query_max_length=64, passage_max_length=128,
-                       mix_sources=True, shuffle_window=16)
+    cfg = StreamConfig.of({13: 8, 14: 7}, group_size=2, query_max_length=64, passage_max_length=128,
+                          mix_sources=True, shuffle_window=16)
 
     def feed(manifest: Path) -> StepFeed:
         loader = ResumableLoader(lambda state: PairStream.from_manifest(manifest, cfg, tokenizer, 0, 1, state),

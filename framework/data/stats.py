@@ -17,6 +17,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+# The counts of a batch's stats that are not bad records (a record was used, perhaps cut or repeated);
+# a key may carry a "/<source>" suffix.
+KEPT_COUNTS = frozenset({"truncated", "no_negatives", "negatives_repeated", "short_batches"})
+
+
+def is_bad(reason: str) -> bool:
+    """Whether a stats key counts bad (unused) records."""
+    return reason.split("/", 1)[0] not in KEPT_COUNTS
+
 
 @dataclass(frozen=True)
 class BadRecords:

@@ -17,11 +17,9 @@ from dataclasses import dataclass, field
 import torch
 
 from framework.data.batch import TrainBatch
+from framework.data.stats import is_bad  # which stats keys are bad records (the streams define them)
 from framework.parallel import all_gather_object, all_reduce_mean, all_reduce_sum
 from framework.train.objective import ForwardReport
-
-# Reasons the streams count that are not bad records (a record was used, perhaps cut or padded out).
-NOT_BAD = frozenset({"truncated", "no_negatives", "short_batches"})
 
 
 @dataclass
@@ -108,7 +106,7 @@ class Meter:
         metrics["bucket"] = self.bucket
         metrics.update({f"records_{k}": float(v) for k, v in records.items()})
         out = Window(metrics, dict(self.skipped), int(sums["skipped_samples"]),
-                     {k: int(v) for k, v in sorted(window.items()) if k not in NOT_BAD and v})
+                     {k: int(v) for k, v in sorted(window.items()) if is_bad(k) and v})
         self._reset()
         return out
 
