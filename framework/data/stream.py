@@ -137,10 +137,16 @@ class PairStream(SlotStream):
     def from_manifest(cls, manifest_path, cfg: StreamConfig, tokenizer, rank: int, world_size: int,
                       state: StreamState = StreamState()) -> "PairStream":
         """The stream over a manifest's shards (the sources of data.sources, or all)."""
-        stream = cls(manifest_shards(manifest_path, cfg, rank), cfg, tokenizer, rank, world_size,
-                     check_shard_record, state)
-        stream.decoder.check_shards(stream.shards, manifest_path)
-        return stream
+        return open_manifest(cls, manifest_path, cfg, tokenizer, rank, world_size, state)
+
+
+def open_manifest(stream_class, manifest_path, cfg: StreamConfig, tokenizer, rank: int, world_size: int,
+                  state: StreamState):
+    """A stream class that binds a decoder (PairStream, TextStream), over a manifest's shards; its
+    decoder refuses shards of another kind before any step."""
+    stream = stream_class(manifest_shards(manifest_path, cfg, rank), cfg, tokenizer, rank, world_size, state=state)
+    stream.decoder.check_shards(stream.shards, manifest_path)
+    return stream
 
 
 def loader(stream: SlotStream, **kwargs) -> torch.utils.data.DataLoader:

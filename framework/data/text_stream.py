@@ -23,7 +23,7 @@ from framework.data.plan import ShardRef
 from framework.data.prepare.text import validate_text_record
 from framework.data.reader import ShardError, iter_samples
 from framework.data.stats import BatchStats
-from framework.data.stream import SlotStream, StreamState, manifest_shards
+from framework.data.stream import SlotStream, StreamState, open_manifest
 
 
 def collate_documents(keys: list[str], docs: list[Sequence[int]], pad_id: int, stream: tuple,
@@ -76,7 +76,4 @@ class TextStream(SlotStream):
     def from_manifest(cls, manifest_path, cfg: StreamConfig, tokenizer, rank: int, world_size: int,
                       state: StreamState = StreamState()) -> "TextStream":
         """The stream over a text manifest's shards (the sources of data.sources, or all)."""
-        stream = cls(manifest_shards(manifest_path, cfg, rank), cfg, tokenizer, rank, world_size,
-                     validate_text_record, state)
-        stream.decoder.check_shards(stream.shards, manifest_path)
-        return stream
+        return open_manifest(cls, manifest_path, cfg, tokenizer, rank, world_size, state)
