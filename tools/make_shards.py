@@ -40,17 +40,12 @@ import argparse
 import sys
 from pathlib import Path
 
-# `python tools/make_shards.py` puts tools/ on sys.path, not the repo root that `framework` lives in
-# when the package is not installed.
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from framework.data.buckets import DEFAULT_EDGES, PAPER_EDGES  # noqa: E402
-from framework.data.manifest import merge_manifests  # noqa: E402
-from framework.data.prepare import ErrorBudgetExceeded, ShardConfig, make_shards, verify_manifest  # noqa: E402,F401
-from framework.data.prepare.inputs import SPLITS  # noqa: E402
-from framework.data.prepare.text import KINDS  # noqa: E402
-from framework.data.records import RecordConfig  # noqa: E402
+from framework.data.buckets import DEFAULT_EDGES, PAPER_EDGES
+from framework.data.manifest import merge_manifests
+from framework.data.prepare import ErrorBudgetExceeded, ShardConfig, make_shards, verify_manifest  # noqa: F401
+from framework.data.prepare.inputs import SPLITS
+from framework.data.prepare.text import KINDS
+from framework.data.records import RecordConfig
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,16 +28,14 @@ uninterrupted one byte for byte). --overwrite starts again.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-# `python tools/mine_hard_negatives.py` puts tools/ on sys.path, not the repo root where `framework` lives.
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from framework.retrieval import DenseIndexConfig
+from framework.retrieval.dense import DEVICES, INDEX_KINDS
 
-from framework.retrieval import DenseIndexConfig  # noqa: E402
-from framework.retrieval.dense import DEVICES, INDEX_KINDS  # noqa: E402
-from tools.mining import METHODS, MiningConfig, MiningReport, mine  # noqa: E402
+if __package__:  # imported as tools.mine_hard_negatives (tests, python -m)
+    from tools.mining import METHODS, MiningConfig, MiningReport, mine
+else:  # run as `python tools/mine_hard_negatives.py`: tools/ is the script's directory, first on the path
+    from mining import METHODS, MiningConfig, MiningReport, mine
 
 
 def main(argv: list[str] | None = None) -> MiningReport:

@@ -6,8 +6,8 @@
     resume.py   OUT.state.json and the point to resume from, with every kept line re-checked
     mine.py     the loop: rank a chunk, draw seeded negatives from the rank band, append
 """
-from tools.mining.config import METHODS, BadRow, MiningConfig, MiningReport
-from tools.mining.mine import mine
-from tools.mining.resume import state_path_of
+from .config import METHODS, BadRow, MiningConfig, MiningReport
+from .mine import mine
+from .resume import state_path_of
 
 __all__ = ["METHODS", "BadRow", "MiningConfig", "MiningReport", "mine", "state_path_of"]

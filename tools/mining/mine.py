@@ -10,10 +10,10 @@ import numpy as np
 
 from framework.data.records import Record
 from framework.retrieval import MISSING_ID
-from tools.mining.config import BadRow, MiningConfig, MiningReport
-from tools.mining.rankers import RANKERS, Ranker
-from tools.mining.resume import resume_point, run_state
-from tools.mining.rows import Pool, iter_lines, parse_row, read_corpus, render_row, scan_input
+from .config import BadRow, MiningConfig, MiningReport
+from .rankers import RANKERS, Ranker
+from .resume import resume_point, run_state
+from .rows import Pool, iter_lines, parse_row, read_corpus, render_row, scan_input
 
 
 def pick_negatives(ranked_K: np.ndarray, exclude: set[int], config: MiningConfig, line: int) -> list[int]:

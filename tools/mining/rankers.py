@@ -9,7 +9,7 @@ from transformers import AutoTokenizer
 
 from framework.inference import M3Embedder
 from framework.retrieval import BM25Config, BM25Index, DenseIndex
-from tools.mining.config import MiningConfig
+from .config import MiningConfig
 
 # ids_QK of one chunk's valid queries -> pool ids, best first (MISSING_ID pads short rankings).
 Ranker = Callable[[list[str]], np.ndarray]

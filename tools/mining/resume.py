@@ -9,8 +9,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from tools.mining.config import BadRow, MiningConfig, MiningReport
-from tools.mining.rows import iter_lines, neg_field, parse_row
+from .config import BadRow, MiningConfig, MiningReport
+from .rows import iter_lines, neg_field, parse_row
 
 
 def sha256_of(path: Path) -> str:

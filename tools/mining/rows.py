@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from framework.data.records import ALIASES, BadRecord, Record, RecordConfig, load_json_line, normalize_record
-from tools.mining.config import BadRow, MiningConfig, MiningReport
+from .config import BadRow, MiningConfig, MiningReport
 
 CORPUS_JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
 
