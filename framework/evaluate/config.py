@@ -8,7 +8,9 @@ spans several of them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
+from framework.config import check_choices
 from framework.retrieval import BM25Config, DenseIndexConfig
 from framework.tracking import TrackingConfig  # the one tracking config, shared with training
 
@@ -124,6 +126,18 @@ class EvalConfig:
     """faiss index of the dense search (exact inner product by default)."""
     bm25: BM25Config = field(default_factory=BM25Config)
     """BM25 baseline over the model's tokenizer."""
+    every_steps: int | None = None
+    """Training stage only: also evaluate the live weights every N optimizer steps (metrics go to the
+    stage's MLflow run at that step; bm25 is left out unless `modes` names it); None: stage end only."""
+    best_metric: str | None = None
+    """Training stage only: '<mode>.<metric>' of the overall average, e.g. 'all.ndcg@10' (metrics ndcg@10,
+    recall@20, recall@100, mrr@10): the best evaluation's weights are kept in exports/<stage>.best/."""
+    patience: int | None = None
+    """Training stage only: stop the stage after this many evaluations without improving best_metric."""
+    min_delta: float = 0.0
+    """Training stage only: an evaluation improves on the best only when it beats it by more than this."""
+    next_stage_from: Literal["last", "best"] = "last"
+    """Training stage only: the next stage starts from the stage's last export or from its best one."""
 
     @classmethod
     def expand_config(cls, raw: dict) -> dict:
@@ -163,3 +177,52 @@ class EvalConfig:
         if self.colbert_memory_gb < 0:
             raise ValueError(f"colbert_memory_gb={self.colbert_memory_gb}: use 0 (always re-encode candidates) "
                              "or a positive size")
+        self._check_during_training()
+
+    def _check_during_training(self) -> None:
+        check_choices(self, "evaluate")
+        if self.every_steps is not None and self.every_steps < 1:
+            raise ValueError(f"every_steps={self.every_steps}: use a positive number of optimizer steps, or null")
+        if self.every_steps is not None and not self.benchmark_name:
+            raise ValueError("every_steps needs a benchmark: set benchmark_name (or benchmark: NAME), e.g. ddtp-dev")
+        needs_best = {"patience": self.patience is not None, "next_stage_from": self.next_stage_from == "best",
+                      "min_delta": self.min_delta != 0.0}
+        for name, used in needs_best.items():
+            if used and self.best_metric is None:
+                raise ValueError(f"{name} needs best_metric, e.g. best_metric: all.ndcg@10")
+        if self.best_metric is not None:
+            if self.every_steps is None:
+                raise ValueError("best_metric needs every_steps: the best is chosen among the evaluations "
+                                 "during training")
+            self.best_key()
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience={self.patience}: use >= 1 evaluations without improvement, or null")
+        if self.min_delta < 0:
+            raise ValueError(f"min_delta={self.min_delta}: use >= 0")
+
+    def reported_modes(self) -> tuple[str, ...] | None:
+        """Modes named by `modes` plus those mcls and hybrid.custom add; None when `modes` is () (the model's
+        heads decide)."""
+        if not self.modes:
+            return None
+        extra = ((MCLS_MODE,) if self.mcls else ()) + tuple(custom_mode_name(tuple(w)) for w in self.hybrid.custom)
+        return tuple(dict.fromkeys((*self.modes, *extra)))
+
+    def best_key(self) -> tuple[str, str]:
+        """(mode, metric) of best_metric in the results' names, e.g. 'all.ndcg@10' -> ('all', 'ndcg_at_10')."""
+        from framework.evaluate.metrics import METRICS  # (pytrec_eval: imported when a best_metric is given)
+
+        mode, _, metric = (self.best_metric or "").rpartition(".")
+        metric = metric.lower().replace("@", "_at_")  # users write ndcg@10, the results say ndcg_at_10
+        if not mode or metric not in METRICS:
+            raise ValueError(f"best_metric={self.best_metric!r}: write '<mode>.<metric>' with a metric of "
+                             f"{[m.replace('_at_', '@') for m in METRICS]}, e.g. all.ndcg@10")
+        known = self.reported_modes() or (*BASE_MODES, MCLS_MODE, *(custom_mode_name(tuple(w))
+                                                                  for w in self.hybrid.custom))
+        if mode == "bm25":
+            raise ValueError(f"best_metric={self.best_metric!r}: BM25 does not depend on the trained weights; "
+                             f"choose a mode of the model, e.g. all.{metric.replace('_at_', '@')}")
+        if mode not in known or (mode == MCLS_MODE and not self.mcls):
+            raise ValueError(f"best_metric={self.best_metric!r}: mode {mode!r} is not evaluated; choose one of "
+                             f"{[m for m in known if m != 'bm25' and (m != MCLS_MODE or self.mcls)]}")
+        return mode, metric

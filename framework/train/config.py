@@ -32,6 +32,7 @@ from framework.loss import LossConfig
 from framework.model.config import ModelConfig
 from framework.pretrain.config import RetroMAEConfig
 from framework.tracking import TrackingConfig  # the one tracking section (training and evaluation)
+from framework.train.best import check_evaluation
 from framework.train.tasks import TASKS, task_class
 
 Schedule = Literal["linear", "cosine", "constant"]
@@ -195,8 +196,9 @@ class StageConfig:
     retromae: RetroMAEConfig = field(default_factory=RetroMAEConfig)
     """Kind retromae: masking, decoder and loss weights (framework/pretrain/config.py)."""
     evaluate: EvalConfig = field(default_factory=EvalConfig)
-    """Evaluation of the stage's export at its end (framework/evaluate/config.py; `benchmark: NAME` for
-    short, tasks and max_queries at the top level are accepted too)."""
+    """Evaluation of the stage's export at its end and, with every_steps, of its live weights while it trains
+    (best export, early stopping: framework/train/best.py) (framework/evaluate/config.py; `benchmark: NAME`
+    for short, tasks and max_queries at the top level are accepted too)."""
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_-]+", self.name or ""):
@@ -263,6 +265,7 @@ def check_stage(stage: StageConfig, run: RunConfig) -> None:
             raise ValueError(f"stages.{stage.name}.{f.name} applies to kind {' / '.join(owners[f.name])}, not "
                              f"{stage.kind}; remove it from the stage")
     task.check(stage, run)
+    check_evaluation(stage, run)
 
 
 def _default(f: dataclasses.Field):

@@ -9,6 +9,7 @@ evaluation, if any, has run.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,17 +22,23 @@ if TYPE_CHECKING:  # framework/train/config.py -> the stage kinds -> this module
     from framework.train.model_card import ModelCard
 
 
-def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Full fp32 CPU tensors of every parameter and persistent buffer (rank 0; {} elsewhere)."""
+def full_parameters(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, full fp32 tensor) of every parameter, on every rank (each one a collective under ZeRO)."""
     import deepspeed
     from deepspeed.utils import safe_get_full_fp32_param
 
-    state: dict[str, torch.Tensor] = {}
     for name, param in model.named_parameters():
         value = safe_get_full_fp32_param(param) if param.requires_grad else None
         if value is None:
             with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
                 value = param.detach().to(torch.float32).clone()
+        yield name, value
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Full fp32 CPU tensors of every parameter and persistent buffer (rank 0; {} elsewhere)."""
+    state: dict[str, torch.Tensor] = {}
+    for name, value in full_parameters(model):
         if is_main():
             state[name] = value.detach().to("cpu", torch.float32).clone()
     if is_main():

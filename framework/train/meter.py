@@ -57,6 +57,10 @@ class Meter:
         self.start = time.monotonic()
         self.bucket = -1
 
+    def exclude(self, seconds: float) -> None:
+        """Leave `seconds` spent on something else (an evaluation) out of the window's throughput."""
+        self.start += seconds
+
     def add(self, batch: TrainBatch, terms: dict, report: ForwardReport = ForwardReport()) -> None:
         """A micro-batch that trained: its loss terms and report metrics (detached tensors) and what it held."""
         for key, value in (*terms.items(), *report.metrics.items()):

@@ -66,7 +66,8 @@ def first_start(cfg: RunConfig, done: dict[str, dict]) -> tuple[Path, str]:
     for stage in cfg.stages:
         if stage.name not in done:
             break
-        start, what = Path(done[stage.name]["export"]), f"the export of finished stage {stage.name},"
+        start = Path(done[stage.name].get("next_start", done[stage.name]["export"]))
+        what = f"the export of finished stage {stage.name},"
     return start, what
 
 

@@ -4,7 +4,9 @@ The stage kind (framework/train/tasks/) brings the objective, the stream and the
 knows nothing kind-specific. Each optimizer step: the micro-batches of the step (drawn one step ahead,
 framework/train/steps.py), forward and backward of each through the DeepSpeed engine, one agreement
 across ranks (finite losses, and whether the next step holds an empty micro-batch), then the update, or
-the update withheld on every rank when the step must be skipped.
+the update withheld on every rank when the step must be skipped. With `evaluate.every_steps`, the live
+weights are evaluated after those steps (framework/train/evaluation.py), before the step's checkpoint,
+and patience may end the stage early there.
 
 Shape legend (docs/shapes.md): A micro-batches per optimizer step (accumulation).
 """
@@ -27,6 +29,7 @@ from framework.train.batching import plan_batches, samples_per_bucket
 from framework.train.checkpoint import Checkpoints, ResumePoint
 from framework.train.config import RunConfig
 from framework.train.engine import build_engine, freeze, resolve_ds_config, resolve_precision
+from framework.train.evaluation import TrainingEvaluation
 from framework.train.meter import Meter, Window, loss_lines, progress_line
 from framework.train.objective import ObjectiveOutput
 from framework.train.preemption import Preempted, PreemptionWatch
@@ -66,6 +69,8 @@ class StageRun:
         self.task.after_engine(self.zero_stage)
         self.feed = StepFeed(self._loader(), self.plan.accumulation, self.plan.steps)
         self.counters = StepCounters()
+        self.evaluation = (TrainingEvaluation(stage, self.task, self.engine.device, tracker, checkpoints.exports)
+                           if stage.evaluate.every_steps else None)
 
     def _loader(self) -> ResumableLoader:
         data = self.stage.data
@@ -78,28 +83,46 @@ class StageRun:
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> Path:
+        client = None
         if self.resume is not None:
             client = self.checkpoints.load(self.engine, self.resume)
             self.counters.load_state_dict(client.get("steps", client))  # (older checkpoints: top-level step)
             self.feed.load_state_dict(client["data"])
             log.info("resumed stage %s at step %d from %s", self.stage.name, self.counters.step, self.resume.path)
+        if self.evaluation is not None:
+            self.evaluation.start(client.get("evaluation") if client else None, self.counters.step)
         self._start_tracking()
         self.engine.train()  # from_pretrained leaves modules in eval mode: dropout must be on for training
         self._train()
         self.save_checkpoint()
         export = self.task.export(self.checkpoints.export_dir(self.stage.name))
         self.tracker.log_artifact(export, "model")
+        if self.evaluation is not None:
+            self.evaluation.finish()
         return export
+
+    def next_start(self, export: Path) -> Path:
+        """The directory the next stage starts from: `export` (the last weights) or the best evaluation's."""
+        return export if self.evaluation is None else self.evaluation.next_start(export)
+
+    def summary(self) -> dict:
+        """What the stage's done marker records besides its export (its evaluations during training)."""
+        return {} if self.evaluation is None else self.evaluation.summary()
 
     def _train(self) -> None:
         meter, every, counters = Meter(), self.run_cfg.tracking.log_every, self.counters
         start, start_step = time.monotonic(), counters.step
         logged, planned = counters.step, self.feed.first(counters.step)
-        while counters.step < self.plan.steps:
+        while counters.step < self.plan.steps and not (self.evaluation and self.evaluation.stopped):
             planned = self._optimizer_step(planned, meter)
-            if counters.step % every == 0 or counters.step == self.plan.steps:
+            stop, spent = self._evaluate(counters.step)
+            start += spent  # progress lines and throughput count training time only
+            meter.exclude(spent)
+            if counters.step % every == 0 or counters.step == self.plan.steps or stop:
                 self._log(meter.collect(), logged, time.monotonic() - start, counters.step - start_step)
                 logged = counters.step
+            if stop:
+                return  # run() ends the stage as at its last step: checkpoint, export
             every_ckpt = self.run_cfg.checkpoint.every_steps
             if self.preemption is not None and self.preemption.requested():
                 self.save_checkpoint()
@@ -107,6 +130,14 @@ class StageRun:
                                 f"{self.last_checkpoint}")
             if every_ckpt and counters.step % every_ckpt == 0 and counters.step < self.plan.steps:
                 self.save_checkpoint()
+
+    def _evaluate(self, step: int) -> tuple[bool, float]:
+        """The evaluation due after `step`, if any: (stop the stage, seconds it took)."""
+        if self.evaluation is None or not self.evaluation.due(step):
+            return False, 0.0
+        start = time.monotonic()
+        decision = self.evaluation.run(step)
+        return decision.stop, time.monotonic() - start
 
     def _optimizer_step(self, planned: PlannedStep, meter: Meter) -> PlannedStep | None:
         """Optimizer step counters.step + 1 on every rank; returns the next step, agreed on."""
@@ -184,7 +215,11 @@ class StageRun:
         step = self.counters.step
         client = {"stage": self.stage.name, "stage_index": self.index, "steps": self.counters.state_dict(),
                   "data": self.feed.state_dict(), "progress": {"step": step, "of": self.plan.steps}}
+        if self.evaluation is not None:
+            client["evaluation"] = self.evaluation.state_dict()
         self.last_checkpoint = self.checkpoints.save(self.engine, self.stage.name, f"step{step:08d}", client)
+        if self.evaluation is not None:
+            self.evaluation.checkpointed(step)
 
     def _start_tracking(self) -> None:
         stage = self.stage

@@ -104,15 +104,16 @@ class Trainer:
         for index, stage in enumerate(self.cfg.stages):
             done = self.checkpoints.stage_done(stage.name)
             if done is not None:
-                log.info("stage %s finished earlier: %s", stage.name, done["export"])
-                start_dir = Path(done["export"])
+                start_dir = Path(done.get("next_start", done["export"]))
+                log.info("stage %s finished earlier: %s", stage.name, start_dir)
                 continue
             resume = point if point is not None and point.stage == stage.name else None
             start = time.monotonic()
             status = "FAILED"
             try:
-                export = StageRun(self.cfg, index, start_dir, self.tracker, self.checkpoints, resume,
-                                  self.preemption).run()
+                stage_run = StageRun(self.cfg, index, start_dir, self.tracker, self.checkpoints, resume,
+                                     self.preemption)
+                export = stage_run.run()
                 if self.evaluate is not None and stage.evaluate.benchmark_name:
                     self.evaluate(stage, export, self.tracker, self.output_dir)
                 write_model_card(export, ModelCard.for_stage(self.cfg, index))
@@ -122,7 +123,8 @@ class Trainer:
                 raise
             finally:
                 self.tracker.end_stage(status)
-            self.checkpoints.mark_stage_done(stage.name, {"export": str(export),
-                                                          "seconds": round(time.monotonic() - start, 1)})
-            start_dir = export
+            start_dir = stage_run.next_start(export)  # evaluate.next_stage_from: the last export or the best
+            self.checkpoints.mark_stage_done(stage.name, {"export": str(export), "next_start": str(start_dir),
+                                                          "seconds": round(time.monotonic() - start, 1),
+                                                          **stage_run.summary()})
         return start_dir

@@ -17,6 +17,8 @@ else that is kind-specific):
                 total backward uses) and a ForwardReport (token positions the encoder computed on)
     export      the stage-end export directory the next stage starts from
     warnings    console warnings about a logging window's metrics (rank 0 prints them at the log step)
+    evaluates_in_training  whether `evaluate.every_steps` applies: the kind trains an M3Model, `model`,
+                whose live weights framework/train/evaluation.py evaluates
 
 Batches go in by name (engine(batch=..., step=...) or keyword tensors), never as a tuple whose order
 has to match a forward signature.
@@ -44,6 +46,7 @@ class StageTask(ABC):
     kind: ClassVar[str]
     sections: ClassVar[tuple[str, ...]] = ()
     batch_type: ClassVar[type]
+    evaluates_in_training: ClassVar[bool] = False
 
     objective: nn.Module
     """Model + loss: the module DeepSpeed wraps and checkpoints."""

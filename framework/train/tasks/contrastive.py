@@ -30,6 +30,7 @@ class ContrastiveTask(StageTask):
     kind = "contrastive"
     sections = ("loss", "gather", "split_batch")
     batch_type = Batch
+    evaluates_in_training = True  # self.model, the M3Model inside the objective
 
     @classmethod
     def check(cls, stage: StageConfig, run: RunConfig) -> None:
