@@ -104,6 +104,7 @@ class LiveEvaluation:
     """The stage's benchmark on the live weights of the model training updates, without an export."""
 
     def __init__(self, stage: StageConfig, live: M3Model, tokenizer, device: torch.device):
+        from framework.evaluate import load_benchmark
         from framework.evaluate.config import BASE_MODES, MODE_HEADS
 
         self.live, self.tokenizer, self.device = live, tokenizer, device
@@ -111,16 +112,15 @@ class LiveEvaluation:
         # BM25 does not depend on the weights: computed every time it would only cost.
         modes = stage.evaluate.modes or tuple(m for m in BASE_MODES if m != "bm25" and set(MODE_HEADS[m]) <= heads)
         self.cfg = dataclasses.replace(stage.evaluate, modes=modes, progress=False)
-        self.benchmark = None
+        # Loaded (and checked) when the stage starts, not at its first evaluation N steps later.
+        self.benchmark = load_benchmark(self.cfg.benchmark_name, self.cfg.benchmark)
         self.replica: M3Model | None = None
 
     def __call__(self) -> dict:
         """The results dict (framework/evaluate/report.py), the same on every rank."""
-        from framework.evaluate import Shard, evaluate, load_benchmark
+        from framework.evaluate import Shard, evaluate
         from framework.inference import M3Embedder
 
-        if self.benchmark is None:
-            self.benchmark = load_benchmark(self.cfg.benchmark_name, self.cfg.benchmark)
         with preserved_rng(self.device):
             if self.replica is None:
                 self.replica = build_replica(self.live, self.device)

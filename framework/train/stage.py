@@ -53,6 +53,7 @@ class StageRun:
         self.start_dir, self.tracker, self.checkpoints, self.resume = start_dir, tracker, checkpoints, resume
         self.preemption = preemption
         self.last_checkpoint: Path | None = resume.path if resume else None
+        self.train_seconds = 0.0
         stage = self.stage
         manifest = load_manifest(stage.data.manifest)
         self.plan = plan_batches(stage, world_size(), manifest.length_edges,
@@ -93,7 +94,9 @@ class StageRun:
             self.evaluation.start(client.get("evaluation") if client else None, self.counters.step)
         self._start_tracking()
         self.engine.train()  # from_pretrained leaves modules in eval mode: dropout must be on for training
+        started = time.monotonic()
         self._train()
+        self.train_seconds = time.monotonic() - started
         self.save_checkpoint()
         export = self.task.export(self.checkpoints.export_dir(self.stage.name))
         self.tracker.log_artifact(export, "model")
@@ -106,8 +109,9 @@ class StageRun:
         return export if self.evaluation is None else self.evaluation.next_start(export)
 
     def summary(self) -> dict:
-        """What the stage's done marker records besides its export (its evaluations during training)."""
-        return {} if self.evaluation is None else self.evaluation.summary()
+        """What the stage's done marker records besides its export: this attempt's seconds in the training
+        loop (steps, evaluations, checkpoints) and the evaluations during training."""
+        return {"train_s": round(self.train_seconds, 1), **(self.evaluation.summary() if self.evaluation else {})}
 
     def _train(self) -> None:
         meter, every, counters = Meter(), self.run_cfg.tracking.log_every, self.counters
