@@ -50,7 +50,8 @@ def test_best_metric_is_checked_against_the_modes_and_metrics_that_exist(tmp_pat
     bad = {"all.ndcg@5": r"stages\.0\.evaluate: best_metric='all\.ndcg@5': write '<mode>\.<metric>' with a "
                          r"metric of \['ndcg@10', 'recall@20', 'recall@100', 'mrr@10'\]",
            "ndcg@10": r"best_metric='ndcg@10': write '<mode>\.<metric>'",
-           "bm25.ndcg@10": r"BM25 does not depend on the trained weights; choose a mode of the model, e\.g\. all\.ndcg@10",
+           "bm25.ndcg@10": r"BM25 does not depend on the trained weights; choose a mode of the model, "
+                           r"e\.g\. all\.ndcg@10",
            "dense_mcls.ndcg@10": r"mode 'dense_mcls' is not evaluated"}
     for metric, message in bad.items():
         with pytest.raises(ValueError, match=message):
@@ -237,7 +238,8 @@ def test_two_ranks_zero3_keep_the_best_logged_evaluation_and_train_as_without(tm
     assert done["next_start"] == str(best_dir) and done["best_step"] == best_step and done["evaluations"] == 4
 
     client = MlflowClient(tracking_uri=uri)
-    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("m3-embedding").experiment_id])}
+    experiment = client.get_experiment_by_name("m3-embedding").experiment_id
+    runs = {r.info.run_name: r for r in client.search_runs([experiment])}
     history = client.get_metric_history(runs["warmup"].info.run_id, "eval/all_ndcg_at_10")
     assert sorted((m.step, m.value) for m in history) == sorted(logged.items())
     assert "eval/monolingual_dense_ndcg_at_10" in runs["warmup"].data.metrics
@@ -278,7 +280,8 @@ def test_early_stop_at_the_predicted_step_and_resume_keeps_the_best_so_far(tmp_p
     whole, killed = records["whole"], records["killed"]
     assert len({e["score"] for e in whole["history"]}) == 1
     assert (whole["step"], whole["stopped_at"]) == (killed["step"], killed["stopped_at"]) == (2, 6)
-    assert [(e["step"], e["metrics"]) for e in whole["history"]] == [(e["step"], e["metrics"]) for e in killed["history"]]
+    assert [(e["step"], e["metrics"]) for e in whole["history"]] == \
+        [(e["step"], e["metrics"]) for e in killed["history"]]
     expected, resumed = losses(tmp_path / "whole"), losses(tmp_path / "killed")
     assert resumed.keys() == expected.keys() and len(set(expected.values())) > 3
     for key, value in expected.items():
