@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from framework.config import read_yaml  # noqa: E402
-from framework.demo import CONFIG, prepare_shards, starting_point, train, write_run_config  # noqa: E402
+from framework.config import read_yaml
+from framework.demo import CONFIG, prepare_shards, starting_point, train, write_run_config
 
 
 def overrides(stages: list[str], every: int, max_queries: int) -> list[str]:
@@ -63,7 +60,7 @@ def main() -> None:
     manifest = prepare_shards(model_dir, out)
     config = write_run_config(out, model_dir, manifest, f"sqlite:///{out / 'mlflow.db'}",
                               overrides(args.stages, args.every, args.max_queries))
-    train(config, args.nproc)
+    train(config, args.nproc, verbose=False)
     report(out / "run", args.stages)
 
 
