@@ -1,8 +1,8 @@
 """Evaluation during training: `evaluate.every_steps`, `best_metric`, `patience`, `next_stage_from`.
 
 Fast: the config checks at load time, the best/patience bookkeeping and the files of the best export
-(its rotation across checkpoints and its reconciliation after a resume). Slow: the live-weights
-evaluation against an evaluation of the same weights exported. Distributed (tests/train_scenarios.py,
+(its rotation across checkpoints and its reconciliation after a resume), the live-weights evaluation
+against an evaluation of the same weights exported. Distributed (tests/train_scenarios.py,
 real DeepSpeed, real shards, a real sqlite MLflow store, the tiny model): two ranks at ZeRO-3 keep as best
 export the evaluation with the highest logged metric and train exactly as without evaluation; early
 stopping stops at the step its patience predicts, and a run killed between evaluations resumes with its
@@ -153,7 +153,6 @@ def test_best_export_keeps_the_checkpointed_best_until_a_checkpoint_records_the_
 
 
 # ---- the live weights ------------------------------------------------------------------------------------
-@pytest.mark.slow
 def test_live_evaluation_equals_the_export_and_leaves_training_state_alone(tiny_model_dir, tmp_path):
     """The in-memory evaluation of a training model (train mode, no DeepSpeed: ZeRO-0 weights) gives the
     metrics of evaluating its BGE-M3 export; afterwards the model is still in train mode and every random
