@@ -152,7 +152,7 @@ class M3Embedder:
         rows: list = [None] * len(ids)
         for idx, ids_BL, mask_BL in self._batches(ids, batch_size, progress):
             dense_BD = mcls_dense(self.model.encoder, ids_BL, mask_BL, self.tokenizer.cls_token_id,
-                                  self.model.cfg.normalize)
+                                  self.model.cfg.normalize, self.model.unpadded)
             for row, i in enumerate(idx):
                 rows[i] = dense_BD[row].float().cpu().numpy()
         return np.stack(rows)

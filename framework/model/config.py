@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from framework.model.attention import ATTENTION_KINDS
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -22,9 +24,16 @@ class ModelConfig:
     """L2-normalise dense and multi-vector outputs (the reference trains and infers normalised)."""
     gradient_checkpointing: bool = False
     """Recompute encoder activations in backward (non-reentrant: reentrant breaks ZeRO-2/3)."""
+    unpad: bool = True
+    """Run the encoder on real tokens only (framework/model/unpadded.py); false: HF's padded forward."""
+    attention: str = "auto"
+    """Attention kernel of the unpadded encoder: auto (flash varlen on CUDA if installed, else grouped),
+    grouped, sdpa, nested or flash (framework/model/attention.py)."""
 
     def __post_init__(self) -> None:
         if not (self.dense or self.sparse or self.colbert):
             raise ValueError("ModelConfig: all heads are off; set at least one of dense/sparse/colbert to true")
         if self.colbert_dim is not None and self.colbert_dim <= 0:
             raise ValueError(f"ModelConfig.colbert_dim={self.colbert_dim}: use a positive size or null for hidden size")
+        if self.attention not in ATTENTION_KINDS:
+            raise ValueError(f"ModelConfig.attention={self.attention!r}: use one of {', '.join(ATTENTION_KINDS)}")

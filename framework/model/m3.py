@@ -7,9 +7,17 @@ Heads follow BAAI/bge-m3 exactly (see shared/reference/bge-m3-reference.md):
 Both linears always exist, even when a head is switched off, so that every export carries the two head
 files FlagEmbedding needs (a missing file makes it use random heads silently).
 
-Shape legend (docs/shapes.md): B batch rows, L tokens, H hidden size, D dense size (= H), C colbert size.
+With `cfg.unpad` (the default) the encoder and the heads run on the real tokens only
+(framework/model/unpadded.py) and the outputs are scattered back to the padded (B, L) layout the loss
+and the callers use, zero at padding as before; `computed_positions` / `attention_positions` of the
+output say what was computed. An encoder the unpadded forward does not support runs padded (logged once).
+
+Shape legend (docs/shapes.md): B batch rows, L tokens, H hidden size, D dense size (= H), C colbert size,
+T real tokens of the batch, packed.
 """
 from __future__ import annotations
+
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +25,11 @@ from torch import nn
 
 from framework.model.config import ModelConfig
 from framework.model.output import M3Output
+from framework.model.packing import Packing
 from framework.model.positions import max_tokens
+from framework.model.unpadded import encode_packed, unpad_support
+
+log = logging.getLogger(__name__)
 
 
 def special_token_ids(tokenizer) -> list[int]:
@@ -45,6 +57,10 @@ class M3Model(nn.Module):
         self.register_buffer("unused_ids", torch.tensor(unused_token_ids, dtype=torch.long), persistent=False)
         if cfg.gradient_checkpointing:
             self.enable_gradient_checkpointing()
+        refusal = unpad_support(encoder) if cfg.unpad else None
+        if refusal is not None:
+            log.warning("unpadded encoding cannot run %s: this model encodes padded batches", refusal)
+        self.unpadded = cfg.unpad and refusal is None
 
     @property
     def max_positions(self) -> int:
@@ -62,6 +78,12 @@ class M3Model(nn.Module):
             self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> M3Output:
+        if self.unpadded and input_ids.shape[0] > 0:
+            return self.forward_unpadded(input_ids, attention_mask)
+        return self.forward_padded(input_ids, attention_mask)
+
+    def forward_padded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> M3Output:
+        """HF's own forward over every padded position."""
         hidden_BLH = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                                   return_dict=True).last_hidden_state
         out = M3Output(token_ids_BL=input_ids, attention_mask_BL=attention_mask)
@@ -72,6 +94,32 @@ class M3Model(nn.Module):
         if self.cfg.colbert:
             out.colbert_BLC, out.colbert_mask_BL = self.colbert_head(hidden_BLH, attention_mask)
         return out
+
+    def forward_unpadded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> M3Output:
+        """Encoder and heads on the real tokens; outputs padded back (right-padded input only)."""
+        states = encode_packed(self.encoder, input_ids, attention_mask, self.cfg.attention)
+        hidden_TH, packing = states.hidden_TH, states.packing
+        out = M3Output(token_ids_BL=input_ids, attention_mask_BL=attention_mask,
+                       computed_positions=packing.num_tokens, attention_positions=states.attention_positions)
+        if self.cfg.dense:
+            out.dense_BD = self.dense_head(hidden_TH.index_select(0, packing.first_B)[:, None])
+        if self.cfg.sparse:
+            out.sparse_BL = packing.pad(self.packed_sparse(hidden_TH, packing.pack(input_ids)))
+        if self.cfg.colbert:
+            out.colbert_BLC, out.colbert_mask_BL = self.packed_colbert(hidden_TH, packing), attention_mask[:, 1:]
+        return out
+
+    def packed_sparse(self, hidden_TH: torch.Tensor, ids_T: torch.Tensor) -> torch.Tensor:
+        weights_T = torch.relu(self.sparse_linear(hidden_TH)).squeeze(-1)
+        return weights_T * (~torch.isin(ids_T, self.unused_ids)).to(weights_T.dtype)
+
+    def packed_colbert(self, hidden_TH: torch.Tensor, packing: Packing) -> torch.Tensor:
+        # Every token goes through the linear, CLS included, and the CLS column is cut off after padding:
+        # B extra rows of one matmul cost less than a data-dependent selection (a device sync).
+        colbert_TC = self.colbert_linear(hidden_TH)
+        if self.cfg.normalize:
+            colbert_TC = F.normalize(colbert_TC, dim=-1)
+        return packing.pad(colbert_TC)[:, 1:]
 
     def dense_head(self, hidden_BLH: torch.Tensor) -> torch.Tensor:
         cls_BH = hidden_BLH[:, 0]

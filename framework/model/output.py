@@ -27,5 +27,10 @@ class M3Output:
     colbert_mask_BL: torch.Tensor | None = None
     """attention_mask[:, 1:], the mask of colbert_BLC."""
     computed_positions: int | None = None
-    """Token positions the encoder's token-wise layers actually ran on for this output (set by the
-    encoding code); None = every padded position (token_ids_BL.numel())."""
+    """Token positions the encoder's token-wise layers (embeddings, projections, feed-forward, LayerNorm)
+    actually ran on for this output (set by the encoding code); None = every padded position
+    (token_ids_BL.numel()). Padding efficiency = real tokens / this."""
+    attention_positions: int | None = None
+    """Query positions of the attention problems the encoder ran (rows x padded length, summed over its
+    calls; one layer's worth, like computed_positions); None = every padded position. Attention's work
+    is about these positions x their padded length, so this is the padding attention still computes on."""

@@ -23,6 +23,7 @@ from safetensors import safe_open
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
+from framework.model.unpadded import last_hidden_state
 from framework.pretrain.config import RetroMAEConfig
 from framework.pretrain.decoder import EnhancedDecoder, LMHead, decoder_streams, init_weights
 from framework.pretrain.masking import (SpecialTokens, choose_encoder_tokens, corrupt, decoder_visibility,
@@ -39,8 +40,10 @@ class RetroMAEObjective(nn.Module):
     mask seed so that ranks do not draw identical mask patterns.
     """
 
-    def __init__(self, encoder: nn.Module, tokens, cfg: RetroMAEConfig = RetroMAEConfig(), rank: int = 0):
+    def __init__(self, encoder: nn.Module, tokens, cfg: RetroMAEConfig = RetroMAEConfig(), rank: int = 0,
+                 unpad: bool = True):
         super().__init__()
+        self.unpad = unpad  # the encoder pass on real tokens only (framework/model/unpadded.py)
         config = encoder.config
         capacity = max_tokens(config)  # also refuses encoders without a known learned position table
         if cfg.max_length > capacity:
@@ -63,7 +66,8 @@ class RetroMAEObjective(nn.Module):
 
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike, cfg: RetroMAEConfig = RetroMAEConfig(),
-                        rank: int = 0, dtype: torch.dtype = torch.float32) -> tuple["RetroMAEObjective", object]:
+                        rank: int = 0, dtype: torch.dtype = torch.float32,
+                        unpad: bool = True) -> tuple["RetroMAEObjective", object]:
         """(objective, tokenizer) from an HF or bge-m3 directory; a pretrained `lm_head.*` (XLM-R's
         masked-LM head) starts the encoder's MLM head, otherwise it starts fresh."""
         model_dir = Path(model_dir)
@@ -71,7 +75,7 @@ class RetroMAEObjective(nn.Module):
             raise FileNotFoundError(f"{model_dir}: no config.json; point to an HF encoder directory")
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         encoder = AutoModel.from_pretrained(model_dir, dtype=dtype, add_pooling_layer=False)
-        objective = cls(encoder, tokenizer, cfg, rank).to(dtype)
+        objective = cls(encoder, tokenizer, cfg, rank, unpad).to(dtype)
         head = pretrained_lm_head(model_dir)
         if head is not None:
             own = objective.encoder_mlm_head.state_dict()
@@ -87,8 +91,7 @@ class RetroMAEObjective(nn.Module):
         chosen_BL = choose_encoder_tokens(ordinary_BL, cfg.encoder_mask_ratio, generator)
         corrupted_BL, _ = corrupt(input_ids_BL, chosen_BL, self.tokens, self.vocab_size, cfg.replace_with_mask,
                                   cfg.replace_with_random, generator)
-        hidden_BLH = self.encoder(input_ids=corrupted_BL, attention_mask=attention_mask_BL,
-                                  return_dict=True).last_hidden_state
+        hidden_BLH, _ = last_hidden_state(self.encoder, corrupted_BL, attention_mask_BL, self.unpad)
         words_VH = self.encoder.embeddings.word_embeddings.weight
         # Logits only at predicted positions: a (B*L, V) tensor for V = 250k would dwarf the model.
         encoder_loss = _lm_loss(self.encoder_mlm_head(hidden_BLH[chosen_BL], words_VH), input_ids_BL[chosen_BL])

@@ -6,7 +6,9 @@ time. Peak activation memory is then one sub-batch's full activations plus the w
 outputs, instead of the whole batch's activations, at the price of one extra forward. The outputs are
 concatenated along the batch, so the loss sees every passage as a negative of every query, exactly as
 without splitting: without dropout the loss and its gradient are the same up to float summation order
-(with dropout the masks are drawn per sub-batch, a different but equally valid draw).
+(with dropout the masks are drawn per sub-batch, a different but equally valid draw). Each sub-batch
+goes through M3Model.forward, so with unpadded encoding (the default) a sub-batch computes on its own
+real tokens only, whatever the width of the batch it was cut from.
 
 Non-reentrant checkpointing is required: the reentrant variant breaks under ZeRO-2/3 when a step runs
 two forwards (queries, passages) before one backward. Dropout draws are replayed in the recompute
@@ -45,9 +47,15 @@ def encode(model: M3Model, ids_BL: torch.Tensor, mask_BL: torch.Tensor, sub_batc
 
 
 def concat_outputs(parts: list[M3Output]) -> M3Output:
-    """One M3Output whose tensors are the parts' tensors concatenated along the batch."""
+    """One M3Output whose tensors are the parts' tensors concatenated along the batch; position counts
+    (computed_positions, attention_positions) add up, and stay None unless every part has one."""
     fields = {}
     for field in dataclasses.fields(M3Output):
         values = [getattr(part, field.name) for part in parts]
-        fields[field.name] = None if values[0] is None else torch.cat(values, dim=0)
+        if any(v is None for v in values):
+            fields[field.name] = None
+        elif isinstance(values[0], int):
+            fields[field.name] = sum(values)
+        else:
+            fields[field.name] = torch.cat(values, dim=0)
     return M3Output(**fields)
