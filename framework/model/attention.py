@@ -34,9 +34,12 @@ import torch.nn.functional as F
 from framework.model.packing import Packing
 
 ATTENTION_KINDS = ("auto", "grouped", "sdpa", "nested", "flash")
-# A group closes when the next (shorter) text is below this fraction of the group's longest: attention
-# then pads at most about 1 - GROUP_RATIO of a group's positions (bench: --group-ratio).
-GROUP_RATIO = 0.85
+# A group closes when the next (shorter) text is below GROUP_RATIO x the group's longest and at least
+# GROUP_MIN_CUT tokens shorter: attention pads at most 1 - GROUP_RATIO of a long group's positions, and
+# short texts, whose attention is cheap, do not cost an SDPA call per few tokens of length (each call is a
+# handful of ops, which a loaded CPU pays for more than for the work). Measured: docs/unpadded-encoding.md.
+GROUP_RATIO = 0.8
+GROUP_MIN_CUT = 32
 HAVE_FLASH = importlib.util.find_spec("flash_attn") is not None
 
 
@@ -44,72 +47,70 @@ HAVE_FLASH = importlib.util.find_spec("flash_attn") is not None
 class PaddedGroup:
     """Consecutive packed rows attended in one SDPA call, padded to the first (longest) of them."""
 
-    start: int
-    """First packed token of the group."""
-    stop: int
-    """One past its last packed token."""
-    slots_S: torch.Tensor
-    """Where each of its tokens sits in the group's (rows x length) padded layout."""
-    key_mask_R11L: torch.Tensor
-    """True at real keys."""
     rows: int
     length: int
-
-    @property
-    def padded(self) -> bool:
-        return self.rows * self.length != self.stop - self.start
+    key_mask_R11L: torch.Tensor | None
+    """True at real keys; None when the group's rows all have its length."""
 
 
-def padded_group(packing: Packing, first: int, last: int) -> PaddedGroup:
-    """The group of packed rows first .. last - 1."""
-    device = packing.flat_T.device
-    start, stop = packing.offsets[first], packing.offsets[last]
-    lengths_R = torch.tensor(packing.lengths[first:last], device=device)
-    length = packing.lengths[first]
-    positions_S = packing.positions_T[start:stop]
-    row_S = torch.repeat_interleave(torch.arange(last - first, device=device), lengths_R, output_size=stop - start)
-    key_mask_RL = torch.arange(length, device=device) < lengths_R[:, None]
-    return PaddedGroup(start, stop, row_S * length + positions_S, key_mask_RL[:, None, None, :], last - first, length)
-
-
-def group_bounds(lengths: tuple[int, ...], ratio: float = GROUP_RATIO) -> list[tuple[int, int]]:
-    """(first, last) packed rows of each group: cut where a length drops below ratio x its group's first."""
+def group_bounds(lengths: tuple[int, ...], ratio: float, min_cut: int) -> list[tuple[int, int]]:
+    """(first, last) packed rows of each group (lengths sorted longest first): a group ends before the
+    first length below ratio x its own first length and at least min_cut shorter."""
     bounds: list[tuple[int, int]] = []
     first = 0
     for r in range(1, len(lengths) + 1):
-        if r == len(lengths) or lengths[r] < ratio * lengths[first]:
+        if r == len(lengths) or (lengths[r] < ratio * lengths[first] and lengths[first] - lengths[r] >= min_cut):
             bounds.append((first, r))
             first = r
     return bounds
 
 
-def _sdpa_group(group: PaddedGroup, q_TNd, k_TNd, v_TNd, dropout_p: float, scale: float) -> torch.Tensor:
-    """SDPA over one group -> (S, N, d), the group's tokens in packed order."""
-    _, num_heads, head_dim = q_TNd.shape
-
-    def padded(x_TNd):
-        x_SNd = x_TNd[group.start:group.stop]
-        if group.padded:
-            x_SNd = x_SNd.new_zeros(group.rows * group.length, num_heads, head_dim).index_copy(0, group.slots_S, x_SNd)
-        return x_SNd.view(group.rows, group.length, num_heads, head_dim).transpose(1, 2)
-
-    mask = group.key_mask_R11L if group.padded else None
-    out_RNLd = F.scaled_dot_product_attention(padded(q_TNd), padded(k_TNd), padded(v_TNd), attn_mask=mask,
-                                              dropout_p=dropout_p, scale=scale)
-    out_XNd = out_RNLd.transpose(1, 2).reshape(-1, num_heads, head_dim)
-    return out_XNd.index_select(0, group.slots_S) if group.padded else out_XNd
-
-
 class GroupedPlan:
-    """SDPA per group of consecutive (similar-length) packed rows; one group of all rows is `sdpa`."""
+    """SDPA per group of consecutive (similar-length) packed rows; one group of all rows is `sdpa`.
+
+    The groups, each padded to its longest, lie one after another in one buffer of `positions` rows:
+    q, k and v each go there with one index_copy, every group is a view of it (torch.split, whose
+    backward is one concatenation, where per-group slicing would zero-fill the whole buffer per group),
+    and the outputs come back with one index_select.
+    """
 
     def __init__(self, packing: Packing, bounds: list[tuple[int, int]]):
-        self.groups = [padded_group(packing, first, last) for first, last in bounds]
-        self.positions = sum(g.rows * g.length for g in self.groups)
+        device = packing.flat_T.device
+        self.groups, row_slot, offset = [], [], 0
+        for first, last in bounds:
+            length, lengths = packing.lengths[first], packing.lengths[first:last]
+            row_slot += [offset + i * length for i in range(last - first)]
+            offset += (last - first) * length
+            mask = None
+            if min(lengths) < length:
+                mask = (torch.arange(length, device=device) < torch.tensor(lengths, device=device)[:, None])
+                mask = mask[:, None, None, :]
+            self.groups.append(PaddedGroup(last - first, length, mask))
+        self.positions = offset
+        self.padded = self.positions != packing.num_tokens
+        if self.padded:
+            lengths_R = torch.tensor(packing.lengths, device=device)
+            row_T = torch.repeat_interleave(torch.arange(packing.num_rows, device=device), lengths_R,
+                                            output_size=packing.num_tokens)
+            self.slots_T = torch.tensor(row_slot, device=device)[row_T] + packing.positions_T
 
     def __call__(self, q_TNd, k_TNd, v_TNd, dropout_p: float, scale: float) -> torch.Tensor:
-        parts = [_sdpa_group(g, q_TNd, k_TNd, v_TNd, dropout_p, scale) for g in self.groups]
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        _, num_heads, head_dim = q_TNd.shape
+        sizes = [g.rows * g.length for g in self.groups]
+
+        def grouped(x_TNd):
+            if self.padded:
+                x_TNd = x_TNd.new_zeros(self.positions, num_heads, head_dim).index_copy(0, self.slots_T, x_TNd)
+            return [x.view(g.rows, g.length, num_heads, head_dim).transpose(1, 2)
+                    for g, x in zip(self.groups, x_TNd.split(sizes))]
+
+        parts = []
+        for g, q, k, v in zip(self.groups, grouped(q_TNd), grouped(k_TNd), grouped(v_TNd)):
+            out_RNLd = F.scaled_dot_product_attention(q, k, v, attn_mask=g.key_mask_R11L, dropout_p=dropout_p,
+                                                      scale=scale)
+            parts.append(out_RNLd.transpose(1, 2).reshape(-1, num_heads, head_dim))
+        out_XNd = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return out_XNd.index_select(0, self.slots_T) if self.padded else out_XNd
 
 
 class NestedPlan:
@@ -143,12 +144,13 @@ class FlashPlan:
             return flash_attn_varlen_func(q_TNd, k_TNd, v_TNd, p.cu_seqlens, p.cu_seqlens, p.max_length,
                                           p.max_length, dropout_p=dropout_p, softmax_scale=scale)
         if self.fallback is None:
-            self.fallback = GroupedPlan(self.packing, group_bounds(self.packing.lengths))
+            bounds = group_bounds(self.packing.lengths, GROUP_RATIO, GROUP_MIN_CUT)
+            self.fallback = GroupedPlan(self.packing, bounds)
             self.positions = self.fallback.positions
         return self.fallback(q_TNd, k_TNd, v_TNd, dropout_p, scale)
 
 
-def plan_attention(packing: Packing, kind: str = "auto", ratio: float = GROUP_RATIO):
+def plan_attention(packing: Packing, kind: str = "auto"):
     """The attention plan of one encoder call: plan(q, k, v, dropout_p, scale) -> (T, N, d); .positions."""
     if kind not in ATTENTION_KINDS:
         raise ValueError(f"attention kind {kind!r}: use one of {ATTENTION_KINDS}")
@@ -158,4 +160,4 @@ def plan_attention(packing: Packing, kind: str = "auto", ratio: float = GROUP_RA
         return NestedPlan(packing)
     if kind == "flash" or (kind == "auto" and HAVE_FLASH and packing.flat_T.is_cuda):
         return FlashPlan(packing)
-    return GroupedPlan(packing, group_bounds(packing.lengths, ratio))
+    return GroupedPlan(packing, group_bounds(packing.lengths, GROUP_RATIO, GROUP_MIN_CUT))
