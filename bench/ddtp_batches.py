@@ -6,25 +6,21 @@ pre-tokenised, max 256 tokens) into `work`, once: a later call finds them there.
 the batches one rank of the demo's training sees in a stage of configs/demo.yaml, made by the trainer's
 own batch plan (framework/train/batching.py) and stream (framework/data/stream.py).
 
-Used by bench/padding_efficiency.py and bench/encoder_throughput.py.
+Used by bench/padding_efficiency.py and bench/encoder_throughput.py; run those from the repository root
+as `python -m bench.NAME` (the demo's shard preparation is the repository's tools/make_shards.py).
 """
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # the demo's starting points come from tools/ (not an installed package)
-    sys.path.insert(0, str(REPO))
-
-from framework.data.collate import Batch  # noqa: E402
-from framework.data.manifest import load_manifest  # noqa: E402
-from framework.data.stream import PairStream, StreamConfig  # noqa: E402
-from framework.demo import CONFIG, E5_OVERRIDES, prepare_shards, starting_point  # noqa: E402
-from framework.train.batching import plan_batches  # noqa: E402
-from framework.train.config import RunConfig, StageConfig, load_run_config  # noqa: E402
+from framework.data.batch import Batch
+from framework.data.manifest import load_manifest
+from framework.data.stream import PairStream, StreamConfig
+from framework.demo import CONFIG, E5_OVERRIDES, prepare_shards, starting_point
+from framework.train.batching import plan_batches
+from framework.train.config import RunConfig, StageConfig, load_run_config
 
 DEMO_WORLD_SIZE = 2
 """The demo trains in 2 processes; a rank's micro-batch is planned for that world size."""

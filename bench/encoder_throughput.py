@@ -10,7 +10,7 @@ equal); e5-small's word embeddings are frozen, as in the demo.
 
 Inference: M3Embedder.encode (all three heads) of DDTP test passages, padded vs unpadded, alternated.
 
-    python bench/encoder_throughput.py [--start tiny|e5-small|both] [--batches 8] [--rounds 2]
+    python -m bench.encoder_throughput [--start tiny|e5-small|both] [--batches 8] [--rounds 2]
         [--group-size 8] [--methods] [--group-cuts 0.7/32,0.8/0] [--threads 2] [--work /tmp/m3-bench-ddtp]
 
 --methods adds the other ways of cutting padding (the comparison the unpadded design was chosen by):
@@ -32,12 +32,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ddtp_batches import REPO, demo_run_config, prepare, stage, stage_batches
+from bench.ddtp_batches import demo_run_config, prepare, stage, stage_batches
 from framework.inference import M3Embedder
 from framework.model import M3Model, M3Output, ModelConfig, attention, load_m3
 from framework.train.objective import M3Objective
+from framework.resources import ddtp_dir
 from framework.train.split_batch import concat_outputs
-from framework.train.tasks import ContrastiveTask
 
 SHIPPED_CUT = attention.GROUP_RATIO, attention.GROUP_MIN_CUT
 
@@ -115,8 +115,7 @@ def timed(fn) -> tuple[float, float]:
 
 
 def train_step(objective: M3Objective, batch, step: int) -> None:
-    terms = objective(*ContrastiveTask.arguments(batch, torch.device("cpu"), step))
-    terms["loss"].backward()
+    objective(batch=batch, step=step).terms["loss"].backward()
     objective.zero_grad(set_to_none=True)
 
 
@@ -124,7 +123,7 @@ def bench_training(start: str, args) -> None:
     model_dir, manifest = prepare(start, args.work)
     run = demo_run_config(start, model_dir, manifest)
     st = stage(run, "unified", args.group_size)
-    loss_cfg = st.loss_config()
+    loss_cfg = st.loss
     chosen = arms(args.methods, args.group_cuts)
     built = {name: build(model_dir, arm.cfg, arm.sorted_parts, loss_cfg, start == "e5-small")
              for name, arm in chosen.items()}
@@ -141,8 +140,7 @@ def bench_training(start: str, args) -> None:
                 seconds[name][0] += wall
                 seconds[name][1] += cpu
     tokens = args.rounds * sum(b.num_tokens for b in batches)
-    samples = args.rounds * sum(b.num_samples if hasattr(b, "num_samples") else b.q_ids_QL.shape[0]
-                                for b in batches)
+    samples = args.rounds * sum(b.num_samples for b in batches)
     padded = sum(b.num_padded_tokens for b in batches) * args.rounds
     print(f"\n{start}: training step (unified stage, group {st.data.group_size}, all heads, self-distillation), "
           f"{len(batches)} real batches x {args.rounds} rounds, {tokens:,} real tokens "
@@ -162,7 +160,7 @@ def print_table(seconds: dict[str, list[float]], tokens: int, samples: int | Non
 
 def passages(num: int) -> list[str]:
     texts = []
-    for path in sorted((REPO / "data" / "ddtp" / "test").glob("*.jsonl.gz")):
+    for path in sorted((ddtp_dir() / "test").glob("*.jsonl.gz")):
         with gzip.open(path, "rt", encoding="utf-8") as rows:
             texts += [text for line in rows for text in json.loads(line)["pos"]]
     return texts[::max(1, len(texts) // num)][:num]

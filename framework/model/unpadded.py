@@ -25,7 +25,8 @@ the same modules and rates, but its masks are drawn for the packed tensors: a di
 distributed draw (an equal draw would need the padded tensors' random stream, i.e. the padded work).
 Gradient checkpointing follows the HF switch of each layer (`layer.gradient_checkpointing`).
 
-Shape legend: B rows, L padded width, T real tokens, H hidden size, N heads, d head size.
+Shape legend (docs/shapes.md): B batch rows, L tokens, T real tokens of the batch, packed; H hidden size;
+N attention heads; D head size.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from torch import nn
 
 from framework.model.attention import plan_attention
 from framework.model.packing import Packing
+from framework.model.positions import position_offset
 
 SUPPORTED_CLASSES = ("XLMRobertaModel", "BertModel")
 
@@ -70,10 +72,6 @@ def encode_packed(encoder: nn.Module, ids_BL: torch.Tensor, mask_BL: torch.Tenso
     why_not = unpad_support(encoder)
     if why_not is not None:
         raise ValueError(f"unpadded encoding cannot run {why_not}; set model.unpad=false")
-    # Imported here: framework.pretrain imports this module (the position-offset list moves to
-    # framework/model/positions.py, which removes the cycle).
-    from framework.pretrain.positions import position_offset
-
     packing = Packing.from_mask(mask_BL)
     ids_T = packing.pack(ids_BL)
     positions_T = packing.positions_T + position_offset(encoder.config)
@@ -97,8 +95,8 @@ def layer_forward(layer: nn.Module, hidden_TH: torch.Tensor, plan) -> torch.Tens
 
     dropout_p = attn.dropout.p if attn.training else 0.0
     scale = getattr(attn, "scaling", attn.attention_head_size ** -0.5)
-    context_TNd = plan(heads(attn.query), heads(attn.key), heads(attn.value), dropout_p, scale)
-    attended_TH = layer.attention.output(context_TNd.reshape(num_tokens, -1), hidden_TH)
+    context_TND = plan(heads(attn.query), heads(attn.key), heads(attn.value), dropout_p, scale)
+    attended_TH = layer.attention.output(context_TND.reshape(num_tokens, -1), hidden_TH)
     return layer.output(layer.intermediate(attended_TH), attended_TH)
 
 

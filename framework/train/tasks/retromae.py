@@ -39,7 +39,8 @@ class RetroMAETask(StageTask):
                              "objective is built for; set both to the same length")
 
     def __init__(self, run: RunConfig, stage: StageConfig, start_dir: Path):
-        self.objective, self.tokenizer = RetroMAEObjective.from_pretrained(start_dir, stage.retromae, rank())
+        self.objective, self.tokenizer = RetroMAEObjective.from_pretrained(start_dir, stage.retromae, rank(),
+                                                                           unpad=run.model.unpad)
 
     def stream(self, manifest, cfg, rank: int, world_size: int, state) -> TextStream:
         return TextStream.from_manifest(manifest, cfg, self.tokenizer, rank, world_size, state)
@@ -54,7 +55,8 @@ class RetroMAETask(StageTask):
 
     def forward(self, engine, batch: TextBatch, step: int) -> ObjectiveOutput:
         terms = engine(input_ids_BL=batch.ids_BL, attention_mask_BL=batch.mask_BL, step=step)
-        return ObjectiveOutput(terms, ForwardReport())
+        # The objective returns loss terms only (framework/pretrain does not import the trainer's types).
+        return ObjectiveOutput(terms, ForwardReport(self.objective.last_computed_positions))
 
     def export(self, out_dir: Path) -> Path:
         state = full_state_dict(self.objective)
