@@ -25,6 +25,12 @@ text. A document's length is its own token count; the manifest format is the sam
 Source: --source if given, else the record's own "source", else the file name without .jsonl[.gz]
 (characters other than letters, digits, '_' and '-' become '_'). Language: --lang, else the record's.
 
+Prompts: --source-rules FILE (YAML: source -> {query_prefix, passage_prefix, record_prompt, ...}, "*" for
+every source; framework/data/sources.py) prefixes each pair's texts before they are measured and
+tokenised, and a record's own "prompt" replaces the query prefix. The manifest records each source's
+prompts; a training stage whose data.source_rules ask for others is refused. The same file serves
+tools/mine_hard_negatives.py, tools/score_pairs.py and the run config (data.source_rules: FILE).
+
 Determinism: shards and manifest depend only on the inputs and options, not on --num-workers: workers
 parse and tokenise chunks of lines, the main process writes them in input order, and tar members carry
 a fixed mtime, owner and mode. --part I --num-parts N takes every N-th line (--split lines: balanced, but
@@ -46,6 +52,7 @@ from framework.data.prepare import ErrorBudgetExceeded, ShardConfig, make_shards
 from framework.data.prepare.inputs import SPLITS
 from framework.data.prepare.text import KINDS
 from framework.data.records import RecordConfig
+from framework.data.sources import load_source_rules
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="pairs, text (one document per sample) or auto (from the inputs)")
     parser.add_argument("--source", help="source name for all records (default: record's, else file stem)")
     parser.add_argument("--lang", help="language tag for all records (default: the record's own)")
+    parser.add_argument("--source-rules", dest="source_rules", type=Path,
+                        help="YAML file of per-source prompts (query_prefix, passage_prefix, record_prompt)")
     parser.add_argument("--shard-size", type=int, default=10_000, help="samples per shard at most")
     parser.add_argument("--shard-max-bytes", type=int, default=256 << 20, help="bytes per shard at most")
     parser.add_argument("--tokenizer", help="tokenizer directory (lengths, buckets, --pretokenize)")
@@ -114,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     args = vars(build_parser().parse_args(argv))
     inputs = args.pop("inputs")
     try:
+        rules = args.pop("source_rules")
+        args["source_rules"] = {} if rules is None else load_source_rules(rules)
         make_shards(inputs, ShardConfig(out_dir=args.pop("out"), **args))
     except (ValueError, FileNotFoundError) as error:  # user errors (options, inputs, budget): no traceback
         sys.exit(f"make_shards: {error}")

@@ -18,6 +18,12 @@ Pool: every distinct `pos` text of the input (plus the old `neg` texts with --po
 passage per line. --method dense encodes with an M3 model directory (M3Embedder + DenseIndex);
 --method bm25 uses only its tokenizer (BM25Index, as the paper's BM25 rows).
 
+Prompts (--method dense): --source-rules FILE (the file tools/make_shards.py --source-rules reads) puts
+each row's source prefixes before its query and the pool passages, and a row's own "prompt" replaces the
+query prefix, so the retriever ranks the texts the student will train on; rows are written back as they
+were. A row's source is --source, else its own "source", else the input file's name; --corpus passages
+take their object's "source", else --source, else the file's. BM25 ranks the raw texts.
+
 Bad rows (invalid UTF-8, blank, malformed JSON, no query or pos, wrong types) are copied through
 unchanged, so output line N is always input line N; they are counted by reason and listed with line
 numbers. Output is written a chunk at a time; rerunning with the same --out resumes after the last
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 
+from framework.data.sources import load_source_rules
 from framework.retrieval import DenseIndexConfig
 from framework.retrieval.dense import DEVICES, INDEX_KINDS
 
@@ -59,6 +66,8 @@ def main(argv: list[str] | None = None) -> MiningReport:
     parser.add_argument("--nlist", type=int, default=1024, help="IVF cells")
     parser.add_argument("--nprobe", type=int, default=32, help="IVF cells searched per query")
     parser.add_argument("--faiss-device", default="auto", choices=DEVICES, help="where the faiss index lives")
+    parser.add_argument("--source-rules", help="YAML file of per-source prompts (make_shards' file)")
+    parser.add_argument("--source", help="source of every row (default: the row's own, else the file name)")
     parser.add_argument("--overwrite", action="store_true", help="start again instead of resuming --out")
     args = parser.parse_args(argv)
     try:
@@ -67,7 +76,9 @@ def main(argv: list[str] | None = None) -> MiningReport:
                               range_start=args.range_start, range_end=args.range_end, seed=args.seed,
                               pool_with_neg=args.pool_with_neg, chunk_size=args.chunk_size,
                               batch_size=args.batch_size, max_query_length=args.max_query_length,
-                              max_passage_length=args.max_passage_length, device=args.device, index=index)
+                              max_passage_length=args.max_passage_length, device=args.device, index=index,
+                              source_rules={} if args.source_rules is None else load_source_rules(args.source_rules),
+                              source=args.source)
         return mine(args.input, args.out, config, args.corpus, args.overwrite)
     except ValueError as error:
         parser.exit(2, f"error: {error}\n")

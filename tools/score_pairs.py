@@ -20,6 +20,11 @@ or an M3 model directory (this framework's export, or BAAI/bge-m3), scored by it
 (w1 dense + w2 sparse + w3 colbert) / (w1 + w2 + w3) with --weights w1,w2,w3. Pairs are sorted by
 length and batched under --batch-tokens; float32 on the CPU, bfloat16 on a GPU (--dtype overrides).
 
+Prompts: --source-rules FILE (the file tools/make_shards.py --source-rules reads: per-source query and
+passage prefixes, framework/data/sources.py) and each row's own "prompt" are put before the texts the
+teacher scores, so it scores what the student will see; a row's source is --source, else its own
+"source", else the input file's name (as make_shards resolves it).
+
 Output is written --chunk-size rows at a time; rerunning the same command resumes after the last
 complete chunk once the input and every option are checked against OUT.state.json, and every kept line
 against its input line: the resumed file equals an uninterrupted one byte for byte. --overwrite starts
@@ -33,6 +38,7 @@ import sys
 from pathlib import Path
 
 from framework.data.manifest import load_manifest
+from framework.data.sources import load_source_rules
 from framework.teacher import (BatchingConfig, CrossEncoderConfig, HybridWeights, M3TeacherConfig, RuntimeConfig,
                                ScoreFileConfig, ScoreReport, TeacherConfig, detect_kind, load_teacher, merge_scored,
                                score_file)
@@ -63,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="inputs per forward pass at most")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply scores before writing (e.g. 50 for "
                         "an M3 teacher: targets are softmax(scores) without a temperature)")
+    parser.add_argument("--source-rules", type=Path, help="YAML file of per-source prompts (make_shards' file)")
+    parser.add_argument("--source", help="source of every row (default: the row's own, else the file name)")
     parser.add_argument("--chunk-size", type=int, default=1024, help="rows scored and written together")
     parser.add_argument("--part", type=int, default=0, help="which part to score (0-based)")
     parser.add_argument("--num-parts", type=int, default=1, help="how many parts each input is split into")
@@ -183,8 +191,9 @@ def main(argv: list[str] | None = None) -> ScoreReport:
         quiet_libraries()
     try:
         files = jobs(args)
+        rules = {} if args.source_rules is None else load_source_rules(args.source_rules)
         config = ScoreFileConfig(args.scale, args.chunk_size, args.part, args.num_parts, args.overwrite,
-                                 args.progress_seconds)
+                                 args.progress_seconds, rules, args.source)
         teacher = load_teacher(teacher_config(args))
         total = ScoreReport()
         for input_path, output_path in files:

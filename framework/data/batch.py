@@ -12,7 +12,8 @@ A batch may be short, or hold no sample at all, when bad records ate a rank's sh
 stream still yields it so that every rank takes part in every step; the trainer decides with the other
 ranks what such a step does (framework/train/steps.py).
 
-Shape legend (docs/shapes.md): Q queries, P passages (= Q * G), G group size, B batch rows (documents), L tokens.
+Shape legend (docs/shapes.md): Q queries, P passages (= Q * G), G group size, B batch rows (documents), L tokens,
+Y positives of a query (all of its record's, padded).
 """
 from __future__ import annotations
 
@@ -101,6 +102,14 @@ class Batch(_StreamKey):
     """Tokens including padding: num_tokens / num_padded_tokens is the padding efficiency."""
     stats: dict[str, int]
     """Records counted by reason (bad, truncated, no negatives...) since the previous batch."""
+    in_batch_Q: torch.Tensor | None = None
+    """Per query: whether its source lets it score other groups' passages (data.source_rules.<source>.
+    in_batch_negatives); None: every query does."""
+    passage_hash_P: torch.Tensor | None = None
+    """int64 token-id hash of each passage (framework/data/dedup.py); None: no duplicate masking."""
+    positive_hash_QY: torch.Tensor | None = None
+    """int64 hashes of each query's positives, NO_HASH-padded (none for a source that masks no duplicates);
+    a passage with one of them is no negative of that query."""
 
     @property
     def num_samples(self) -> int:
@@ -112,12 +121,15 @@ class Batch(_StreamKey):
     @classmethod
     def of(cls, q_ids_QL: torch.Tensor, q_mask_QL: torch.Tensor, p_ids_PL: torch.Tensor, p_mask_PL: torch.Tensor,
            group_size: int, passage_valid_P: torch.Tensor | None = None,
-           teacher_scores_QG: torch.Tensor | None = None, stream: tuple = ("*", 0)) -> "Batch":
+           teacher_scores_QG: torch.Tensor | None = None, stream: tuple = ("*", 0),
+           in_batch_Q: torch.Tensor | None = None, passage_hash_P: torch.Tensor | None = None,
+           positive_hash_QY: torch.Tensor | None = None) -> "Batch":
         """A batch of given tensors (tests, benchmarks): counts derived, every passage valid unless said."""
         valid_P = torch.ones(p_ids_PL.shape[0], dtype=torch.bool) if passage_valid_P is None else passage_valid_P
         real = int(q_mask_QL.sum()) + int(p_mask_PL.sum())
         return cls(q_ids_QL, q_mask_QL, p_ids_PL, p_mask_PL, valid_P, teacher_scores_QG, group_size, stream,
-                   [str(i) for i in range(q_ids_QL.shape[0])], real, q_ids_QL.numel() + p_ids_PL.numel(), {})
+                   [str(i) for i in range(q_ids_QL.shape[0])], real, q_ids_QL.numel() + p_ids_PL.numel(), {},
+                   in_batch_Q, passage_hash_P, positive_hash_QY)
 
 
 @dataclass

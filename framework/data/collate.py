@@ -5,21 +5,24 @@ without replacement, the list repeated when it is too short. A query with no neg
 filled with copies of its positive marked invalid (`passage_valid_P` False): the loss must ignore those
 columns, so that query trains on in-batch negatives only (the reference divides by zero there).
 All randomness comes from a seed derived from (seed, epoch, sample key), so a sample's group does not
-depend on which rank, worker or position reads it.
+depend on which rank, worker or position reads it. A group also carries its source's batch rules
+(framework/data/sources.py) and the token-id hashes of its passages and positives (framework/data/
+dedup.py): the batch turns them into per-query and per-passage tensors for the objective's masks.
 
-Shape legend (docs/shapes.md): Q queries, P passages (= Q * G), G group size, L tokens.
+Shape legend (docs/shapes.md): Q queries, P passages (= Q * G), G group size, L tokens, Y positives of a query.
 """
 from __future__ import annotations
 
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from framework.data.batch import Batch  # defined with the TrainBatch protocol; streams import it from here too
+from framework.data.dedup import NO_HASH
 from framework.data.plan import derive_seed
 
 
@@ -33,6 +36,12 @@ class Group:
     valid: list[bool]
     scores: list[float] | None
     has_negatives: bool
+    in_batch: bool = True
+    """Whether the query may score other groups' passages (its source's in_batch_negatives)."""
+    passage_hashes: list[int] = field(default_factory=list)
+    """Token-id hash of each of the G passages (empty: not hashed)."""
+    positive_hashes: list[int] = field(default_factory=list)
+    """Hashes of all the record's positives (empty when its source masks no duplicates)."""
 
 
 def choose_group(record: dict, text_ids: list[Sequence[int]], group_size: int, seed: int, epoch: int,
@@ -79,5 +88,19 @@ def collate(groups: list[Group], group_size: int, pad_id: int, stream: tuple, st
     with_scores = all(g.scores is not None for g in groups)
     teacher = torch.tensor([g.scores for g in groups], dtype=torch.float32) if with_scores and groups else None
     real = int(q_mask.numpy().sum() + p_mask.numpy().sum())  # numpy: torch.sum costs ms per call here
-    return Batch(q_ids, q_mask, p_ids, p_mask, torch.tensor([v for g in groups for v in g.valid], dtype=torch.bool), teacher,
-                 group_size, stream, [g.key for g in groups], real, q_ids.numel() + p_ids.numel(), stats)
+    valid = torch.tensor([v for g in groups for v in g.valid], dtype=torch.bool)
+    return Batch(q_ids, q_mask, p_ids, p_mask, valid, teacher, group_size, stream, [g.key for g in groups], real,
+                 q_ids.numel() + p_ids.numel(), stats, *_rule_tensors(groups, group_size))
+
+
+def _rule_tensors(groups: list[Group], group_size: int) -> tuple:
+    """in_batch_Q, passage_hash_P, positive_hash_QY of the groups (the hashes None unless every group has them)."""
+    in_batch_Q = torch.tensor([g.in_batch for g in groups], dtype=torch.bool)
+    if not all(len(g.passage_hashes) == group_size for g in groups):
+        return in_batch_Q, None, None
+    passage_hash_P = torch.tensor([h for g in groups for h in g.passage_hashes], dtype=torch.int64)
+    # numpy rows: a torch call per row costs more than the whole fill.
+    positive_QY = np.full((len(groups), max((len(g.positive_hashes) for g in groups), default=0)), NO_HASH, np.int64)
+    for row, g in enumerate(groups):
+        positive_QY[row, :len(g.positive_hashes)] = g.positive_hashes
+    return in_batch_Q, passage_hash_P, torch.from_numpy(positive_QY)

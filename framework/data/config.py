@@ -1,7 +1,8 @@
 """The data config: one definition of what a stage reads, used by the run config and by the stream.
 
     DataConfig     a stage's `data:` section (framework/train/config.py re-exports it): which shards, how
-                   they are sampled, truncated, shuffled and read, and the error budget
+                   they are sampled, truncated, shuffled and read, the error budget, and the per-source
+                   rules (SourceRules, framework/data/sources.py: batch rules and prompts)
     BucketSection  its `buckets:` part: length edges and the batch size of each bucket
     StreamConfig   what a stream runs on: a DataConfig plus the values the trainer derives at run time
                    (per-rank batch sizes at the world size, the stage's seed)
@@ -14,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from framework.data.buckets import DEFAULT_EDGES, PAPER_EDGES, BucketConfig
+from framework.data.sources import SourceRules, batch_rules, check_source_rules, load_source_rules
 
 NAMED_EDGES = {"default": DEFAULT_EDGES, "paper": PAPER_EDGES}
 
@@ -95,6 +97,17 @@ class DataConfig:
     """Stop when more than this fraction of the records read are bad (undecodable, lost with a damaged shard)."""
     bad_budget_after: int = 1000
     """Records a slot reads before the budget applies (one early bad record must not stop a run)."""
+    source_rules: dict[str, SourceRules] = field(default_factory=dict)
+    """Per source ("*": every source's default): in_batch_negatives, mask_duplicates and the prompts
+    (query_prefix, passage_prefix, record_prompt; they must equal the shards'), framework/data/sources.py.
+    In YAML also the path of a rules file (the one tools/make_shards.py --source-rules read)."""
+
+    @classmethod
+    def expand_config(cls, raw: dict) -> dict:
+        """The config loader's hook: `source_rules: FILE` reads the rules from that YAML file."""
+        if isinstance(raw.get("source_rules"), str):
+            raw = {**raw, "source_rules": load_source_rules(raw["source_rules"])}
+        return raw
 
     def __post_init__(self) -> None:
         if not self.manifest:
@@ -115,6 +128,12 @@ class DataConfig:
         wrong = {s: w for s, w in self.source_weights.items() if not 0 < w <= 1}
         if wrong:
             raise ValueError(f"data.source_weights must be in (0, 1] (the fraction kept per epoch), got {wrong}")
+        check_source_rules(self.source_rules, "data.source_rules")
+        alone = sorted(s for s in self.source_rules if not batch_rules(self.source_rules, s).in_batch_negatives)
+        if alone and self.group_size == 1:
+            raise ValueError(f"data.source_rules {alone}: in_batch_negatives=false with data.group_size=1 leaves each "
+                             "query only its positive (the loss is 0); use group_size >= 2 (hard negatives) or "
+                             "keep in-batch negatives")
 
 
 @dataclass(frozen=True)

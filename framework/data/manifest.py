@@ -12,7 +12,10 @@ Without a tokenizer there are no edges and every shard is bucket 0.
      "totals": {...derived, checked on load}, "length_histogram": {"upper_edges": [...], "counts": [...]},
      "num_records", "rejected": {reason: n}, "fixed": {reason: n}, "reject_examples": [{file, line,
      reason, detail}], "tokenizer": {path, file, sha256, max_length} | null, "inputs": [...], "parts": [[i, n]],
-     "duplicates": {source: n}}
+     "duplicates": {source: n}, "prompts": {source: {query_prefix, passage_prefix, record_prompt}}}
+
+`prompts` (pair shards) records the prefixes each source's texts got before tokenisation (framework/data/
+sources.py); a manifest without it was made before prompts existed (no prefix, record prompts left out).
 
 Integrity: `load_manifest` checks that every shard exists; framework/data/integrity.py compares sizes
 (cheap, at every stream start) and SHA-256 (`tools/make_shards.py verify`).
@@ -108,6 +111,8 @@ class Manifest:
     duplicates: dict[str, int] = field(default_factory=dict)
     """Per source: kept records that repeat an earlier one exactly (after normalisation), within each
     preparation part (a merge adds the parts' counts; repeats across parts are not seen)."""
+    prompts: dict[str, dict] = field(default_factory=dict)
+    """Per source of pair shards: the prompts its texts were prefixed with (sources.Prompts.to_json())."""
     root: Path = Path(".")
     """Directory the shard paths are relative to (the manifest's directory); not serialised."""
 
@@ -156,6 +161,7 @@ class Manifest:
             "tokenizer": None if self.tokenizer is None else asdict(self.tokenizer),
             "inputs": list(self.inputs), "parts": [list(p) for p in self.parts],
             "duplicates": dict(sorted(self.duplicates.items())),
+            **({"prompts": dict(sorted(self.prompts.items()))} if self.prompts else {}),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -199,12 +205,8 @@ def tokenizer_identity(tokenizer_dir: str | Path, max_length: int) -> TokenizerI
                      "transformers tokenizer directory (e.g. one written by tools/train_tokenizer.py)")
 
 
-def load_manifest(path: str | Path, verify_sha256: bool = False) -> Manifest:
-    """Read and check a manifest: version, consistency, and that every shard file exists.
-
-    Raises ValueError for a bad or inconsistent manifest and FileNotFoundError naming a missing shard;
-    with `verify_sha256`, also re-hashes every shard (slow on big sets).
-    """
+def read_manifest_json(path: str | Path) -> dict:
+    """A manifest's JSON, format and version checked (no consistency or file checks: see load_manifest)."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -216,6 +218,17 @@ def load_manifest(path: str | Path, verify_sha256: bool = False) -> Manifest:
     if data.get("version") != MANIFEST_VERSION:
         raise ValueError(f"manifest {path} has version {data.get('version')!r}, this code reads version "
                          f"{MANIFEST_VERSION}; re-run tools/make_shards.py with this code")
+    return data
+
+
+def load_manifest(path: str | Path, verify_sha256: bool = False) -> Manifest:
+    """Read and check a manifest: version, consistency, and that every shard file exists.
+
+    Raises ValueError for a bad or inconsistent manifest and FileNotFoundError naming a missing shard;
+    with `verify_sha256`, also re-hashes every shard (slow on big sets).
+    """
+    path = Path(path)
+    data = read_manifest_json(path)
     try:
         manifest = _from_json(data, path.parent)
     except (KeyError, TypeError, ValueError) as error:
@@ -236,7 +249,8 @@ def _from_json(data: dict, root: Path) -> Manifest:
         reject_examples=tuple(RejectExample(**e) for e in data["reject_examples"]),
         tokenizer=None if tokenizer is None else TokenizerInfo(**tokenizer),
         inputs=tuple(data["inputs"]), parts=tuple(tuple(p) for p in data["parts"]),
-        duplicates=dict(data.get("duplicates", {})), root=root)  # manifests before duplicates were counted lack it
+        # Manifests made before duplicates were counted, or before prompts existed, lack those fields.
+        duplicates=dict(data.get("duplicates", {})), prompts=dict(data.get("prompts") or {}), root=root)
 
 
 def _check_consistent(manifest: Manifest, data: dict, path: Path) -> None:
@@ -281,6 +295,7 @@ def merge_manifests(paths: list[str | Path], out: str | Path, max_examples: int 
                                  f"({value(other)} vs {value(parts[0])}); prepare both with the same "
                                  "--tokenizer, --max-length and --length-edges")
     shards = _rebased_shards(parts, out.parent)
+    prompts = _merged_prompts(parts, paths)
     rejected, fixed = Counter(), Counter()
     for part in parts:
         rejected.update(part.rejected)
@@ -292,10 +307,25 @@ def merge_manifests(paths: list[str | Path], out: str | Path, max_examples: int 
                       fixed=dict(fixed), reject_examples=tuple(examples[:max_examples]),
                       tokenizer=parts[0].tokenizer, inputs=tuple(sorted({i for p in parts for i in p.inputs})),
                       parts=tuple(sorted(q for p in parts for q in p.parts)), duplicates=dict(duplicates),
-                      root=out.parent)
+                      prompts=prompts, root=out.parent)
     _warn_missing_parts(merged.parts)
     merged.save(out)
     return merged
+
+
+def _merged_prompts(parts: list[Manifest], paths: list) -> dict[str, dict]:
+    """Every part's prompts per source; a source prefixed differently by two parts (or recorded by one and
+    not by another that has its shards: made before prompts existed) is refused."""
+    merged: dict[str, tuple[dict | None, object]] = {}
+    for part, path in zip(parts, paths):
+        for source in sorted({s.source for s in part.shards} | set(part.prompts)):
+            prompts = part.prompts.get(source)
+            seen = merged.setdefault(source, (prompts, path))
+            if seen[0] != prompts:
+                raise ValueError(f"cannot merge {path} with {seen[1]}: source {source!r} was prefixed with "
+                                 f"{prompts or 'no recorded prompts'} there and {seen[0] or 'no recorded prompts'} "
+                                 "in the other; prepare every part with this code and the same --source-rules")
+    return {source: prompts for source, (prompts, _) in sorted(merged.items()) if prompts is not None}
 
 
 def _token_identity(manifest: Manifest) -> tuple | None:

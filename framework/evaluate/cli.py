@@ -65,6 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     encode.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
     encode.add_argument("--query-max-length", type=int, default=512, help="query tokens kept")
     encode.add_argument("--passage-max-length", type=int, help="passage tokens kept (default: the model's limit)")
+    encode.add_argument("--query-prompt", help="text before every query (default: the model's saved query prompt)")
+    encode.add_argument("--passage-prompt", help="text before every document (default: the model's passage prompt)")
     encode.add_argument("--no-progress", action="store_true", help="hide progress bars")
     output = parser.add_argument_group("output")
     output.add_argument("--out", type=Path, help="write all metrics, tables and timings to this JSON file")
@@ -86,7 +88,8 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
                       rerank_depth=args.rerank_depth, mcls=args.mcls, mcls_interval=args.mcls_interval,
                       dense_dim=args.dense_dim,
                       batch_size=args.batch_size, query_max_length=args.query_max_length,
-                      passage_max_length=args.passage_max_length, progress=not args.no_progress,
+                      passage_max_length=args.passage_max_length, query_prompt=args.query_prompt,
+                      passage_prompt=args.passage_prompt, progress=not args.no_progress,
                       benchmark=benchmark, hybrid=hybrid, index=index)
 
 

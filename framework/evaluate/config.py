@@ -113,6 +113,11 @@ class EvalConfig:
     """Query tokens kept (specials counted); longer queries are truncated."""
     passage_max_length: int | None = None
     """Passage tokens kept (specials counted); None = the model's position limit."""
+    query_prompt: str | None = None
+    """Text put before every query; None: the model's saved "query" prompt (what it was trained with,
+    framework/data/sources.py), none if it has none."""
+    passage_prompt: str | None = None
+    """Text put before every document; None: the model's saved passage prompt, none if it has none."""
     colbert_memory_gb: float = 2.0
     """Multi-vector corpus vectors are kept from the first encoding pass up to this size; above it only
     the reranked candidates are encoded again, so memory stays bounded on large corpora."""

@@ -81,24 +81,33 @@ def encode_benchmark(embedder: M3Embedder, bench: Benchmark, modes: list[str], h
                                             embedder.model.colbert_linear.out_features,
                                             config.colbert_memory_gb * 2**30)
     options = dict(batch_size=config.batch_size, progress=config.progress, dense_dim=config.dense_dim)
+    query_prompt, passage_prompt = prompts_used(embedder, config)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     queries = encode_texts(embedder, query_pool.texts, shard, dense=dense, sparse=sparse, multi_vector=colbert,
-                           max_length=query_len, **options) if dense or sparse or colbert else {}
+                           max_length=query_len, prompt=query_prompt, **options) if dense or sparse or colbert else {}
     seconds["queries"] = time.perf_counter() - start
     corpus: dict = {}
     start = time.perf_counter()
     if dense or sparse or keep_colbert:
         corpus = encode_texts(embedder, corpus_pool.texts, shard, dense=dense, sparse=sparse,
-                              multi_vector=keep_colbert, max_length=passage_len, **options)
+                              multi_vector=keep_colbert, max_length=passage_len, prompt=passage_prompt, **options)
         seconds["corpus"] = time.perf_counter() - start
     mcls_ND = None
     if MCLS_MODE in modes:
         start = time.perf_counter()
         mcls_ND = encode_texts(embedder, corpus_pool.texts, shard, dense=True, sparse=False, mcls=True,
-                               mcls_interval=config.mcls_interval, max_length=passage_len, **options)["dense_vecs"]
+                               mcls_interval=config.mcls_interval, max_length=passage_len, prompt=passage_prompt,
+                               **options)["dense_vecs"]
         seconds["corpus_mcls"] = time.perf_counter() - start
     return BenchmarkEncoding(queries, corpus, corpus_pool.texts, query_positions, corpus_positions, mcls_ND, seconds)
+
+
+def prompts_used(embedder: M3Embedder, config: EvalConfig) -> tuple[str, str]:
+    """(query, passage) prompts of the evaluation: the config's, else the model's saved ones (M3Embedder)."""
+    query = embedder.prompt_for(is_query=True) if config.query_prompt is None else config.query_prompt
+    passage = embedder.prompt_for(is_query=False) if config.passage_prompt is None else config.passage_prompt
+    return query, passage
 
 
 def task_inputs(enc: BenchmarkEncoding, index: int, task) -> TaskInputs:
@@ -133,7 +142,8 @@ def attach_colbert(embedder: M3Embedder, enc: BenchmarkEncoding, searches: list[
         start = time.perf_counter()
         out = encode_texts(embedder, [enc.corpus_texts[p] for p in positions], shard, dense=False, sparse=False,
                            multi_vector=True, batch_size=config.batch_size, progress=config.progress,
-                           max_length=min(config.passage_max_length or limit, limit))
+                           max_length=min(config.passage_max_length or limit, limit),
+                           prompt=prompts_used(embedder, config)[1])
         seconds = time.perf_counter() - start
         source = dict(zip(positions, out["colbert_vecs"]))
     for i, (search, rows) in enumerate(zip(searches, needed)):
@@ -207,6 +217,7 @@ def build_results(embedder, model, bench: Benchmark, modes: list[str], config: E
         "tasks": {t.name: {"group": t.group, "queries": len(t.query_ids), "corpus": len(t.corpus_ids),
                            "qrels": t.num_qrels, "dropped_queries": t.dropped_queries} for t in bench.tasks},
         "timings": timings,
+        "prompts": dict(zip(("query", "passage"), prompts_used(embedder, config))),
         "config": dataclasses.asdict(config),
         "mlflow_run_id": None,
     }

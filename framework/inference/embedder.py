@@ -5,6 +5,13 @@ Outputs match FlagEmbedding's BGEM3FlagModel: `dense_vecs` (N, D) array, `lexica
 arrays (CLS dropped, </s> kept). Texts are tokenised once, sorted by length so batches carry little
 padding, and results are returned in input order.
 
+Prompts: a model trained with prefixes saves them as named prompts (the export's
+config_sentence_transformers.json, as sentence-transformers reads them). encode(is_query=True) puts the
+"query" prompt before each text, is_query=False the first of "document" / "passage" / "corpus" (the names
+sentence-transformers' encode_document tries), prompt_name=NAME that prompt, prompt=TEXT that text; with
+none of them nothing is added (as BGEM3FlagModel, and a model saved without prompts). compute_score uses
+the query and passage prompts.
+
 Shape legend (docs/shapes.md): B batch rows, L tokens, D dense size, C colbert size, M passage tokens;
 scoped here (colbert_score, one text each): N query tokens.
 """
@@ -21,8 +28,11 @@ from framework.data.collate import pad_to_multiple
 from framework.inference.mcls import insert_cls, mcls_dense
 from framework.loss.matryoshka import check_prefix_dim, dense_prefix_numpy
 from framework.model import M3Model, load_m3
+from framework.model.st_layout import read_prompts
 
 MODES = ("dense", "sparse", "colbert")
+# sentence-transformers' encode_document takes the first of these prompt names the model has.
+PASSAGE_PROMPT_NAMES = ("document", "passage", "corpus")
 
 
 def lexical_match_score(q: dict[str, float], p: dict[str, float]) -> float:
@@ -50,15 +60,36 @@ def check_texts(texts, what: str = "texts") -> list[str]:
 class M3Embedder:
     """Encode and score with an M3Model. Build with `M3Embedder.from_pretrained(dir)`."""
 
-    def __init__(self, model: M3Model, tokenizer, device: str | torch.device = "cpu"):
+    def __init__(self, model: M3Model, tokenizer, device: str | torch.device = "cpu",
+                 prompts: dict[str, str] | None = None):
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.device = torch.device(device)
+        # Named prompts (name -> text) the model was trained with; from_pretrained reads the directory's.
+        self.prompts = dict(prompts or {})
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, device: str = "cpu") -> "M3Embedder":
         model, tokenizer = load_m3(model_dir)
-        return cls(model, tokenizer, device)
+        return cls(model, tokenizer, device, read_prompts(model_dir))
+
+    def prompt_for(self, is_query: bool | None = None, prompt_name: str | None = None,
+                   prompt: str | None = None) -> str:
+        """The text encode() puts before each text: `prompt`, else the named prompt, else the query (is_query
+        True) or passage (False) prompt the model has, else ""."""
+        if prompt is not None and prompt_name is not None:
+            raise ValueError("give prompt (a text) or prompt_name (one of the model's prompts), not both")
+        if prompt is not None:
+            return prompt
+        if prompt_name is not None:
+            if prompt_name not in self.prompts:
+                raise ValueError(f"prompt_name={prompt_name!r} is not among this model's prompts "
+                                 f"{sorted(self.prompts)}; use one of them, or pass prompt='...'")
+            return self.prompts[prompt_name]
+        if is_query is None:
+            return ""
+        names = ("query",) if is_query else PASSAGE_PROMPT_NAMES
+        return next((self.prompts[name] for name in names if name in self.prompts), "")
 
     def _max_length(self, max_length: int | None) -> int:
         limit = self.model.max_positions
@@ -85,10 +116,15 @@ class M3Embedder:
     def encode(self, texts: Sequence[str], dense: bool = True, sparse: bool = True, multi_vector: bool = False,
                batch_size: int = 32, max_length: int | None = None, truncate: bool = True,
                mcls: bool = False, mcls_interval: int = 256, progress: bool | None = None,
-               dense_dim: int | None = None) -> dict:
+               dense_dim: int | None = None, is_query: bool | None = None, prompt_name: str | None = None,
+               prompt: str | None = None) -> dict:
         """Encode texts. `mcls=True` computes the dense vector by MCLS (sparse/multi-vector stay plain).
-        `dense_dim=N` keeps the first N dims of each dense vector, renormalised (Matryoshka training)."""
+        `dense_dim=N` keeps the first N dims of each dense vector, renormalised (Matryoshka training).
+        `is_query` / `prompt_name` / `prompt` put a prompt before every text (prompt_for; module doc)."""
         texts = check_texts(texts)
+        prefix = self.prompt_for(is_query, prompt_name, prompt)
+        if prefix:
+            texts = [prefix + text for text in texts]
         if dense_dim is not None:
             check_prefix_dim(dense_dim, self.model.encoder.config.hidden_size, "dense_dim")
         if batch_size < 1:
@@ -160,7 +196,8 @@ class M3Embedder:
     def compute_score(self, pairs: Sequence[tuple[str, str]], weights: Sequence[float] = (1.0, 1.0, 1.0),
                       batch_size: int = 32, max_query_length: int | None = None,
                       max_passage_length: int | None = None) -> dict[str, list[float]]:
-        """Scores of (query, passage) pairs per head and the hybrids, as BGEM3FlagModel.compute_score.
+        """Scores of (query, passage) pairs per head and the hybrids, as BGEM3FlagModel.compute_score
+        (queries and passages get the model's query and passage prompts, if it has any).
 
         Keys: dense, sparse, colbert, sparse+dense = (w1 d + w2 s) / (w1 + w2), and
         colbert+sparse+dense = (w1 d + w2 s + w3 m) / (w1 + w2 + w3); weights = (w1, w2, w3).
@@ -172,8 +209,8 @@ class M3Embedder:
             raise ValueError(f"weights={tuple(weights)}: give 3 non-negative weights (dense, sparse, colbert)")
         queries = check_texts([q for q, _ in pairs], "queries")
         passages = check_texts([p for _, p in pairs], "passages")
-        q = self.encode(queries, True, True, True, batch_size, max_query_length)
-        p = self.encode(passages, True, True, True, batch_size, max_passage_length)
+        q = self.encode(queries, True, True, True, batch_size, max_query_length, is_query=True)
+        p = self.encode(passages, True, True, True, batch_size, max_passage_length, is_query=False)
         dense = [float(a @ b) for a, b in zip(q["dense_vecs"], p["dense_vecs"])]
         sparse = [lexical_match_score(a, b) for a, b in zip(q["lexical_weights"], p["lexical_weights"])]
         multi = [colbert_score(a, b) for a, b in zip(q["colbert_vecs"], p["colbert_vecs"])]

@@ -8,6 +8,9 @@ with t = softmax(ensemble scores) over the whole batch row. The ensemble term an
 two heads or more; with one head L is that head's (weighted) InfoNCE, the reference's dense-only mode.
 With Matryoshka dims (cfg.matryoshka_dims), L_dense = sum_d w_d * L_dense@d over the truncated,
 renormalised prefixes (framework/loss/matryoshka.py); the ensemble and KD keep the full-width scores.
+A `penalty_QP` (framework/loss/masks.py: placeholders, duplicates of a query's positives, other groups of
+a source without in-batch negatives) is added to every local matrix (each head's, each width's, the
+ensemble's, hence self-distillation's targets) and, in its own-group entries, to the teacher's scores.
 
 Shape legend (docs/shapes.md):
     Q  this rank's queries        P  this rank's passages = Q*G        G  passages per query
@@ -23,6 +26,7 @@ from torch import Tensor
 
 from framework.loss.config import LossConfig
 from framework.loss.infonce import grouped_infonce, infonce, m3_kd_loss, own_group, soft_cross_entropy
+from framework.loss.masks import masked_teacher
 from framework.loss.scores import ensemble_scores
 
 HEADS = ("dense", "sparse", "colbert")
@@ -45,11 +49,13 @@ class GlobalDense:
     """Dense scores over all ranks' queries and passages, for cross-device negatives."""
 
     scores_RS: Tensor
-    """Raw (R, S) dense scores, rows and columns in rank order (this rank's own rows carry gradient)."""
+    """Raw (R, S) dense scores, rows and columns in rank order (this rank's own rows carry gradient), with
+    the exclusions' penalty already added (framework/loss/masks.py over the gathered rows and columns)."""
     row_offset: int
     """Index of this rank's first query among the R rows (rank * Q when all ranks hold Q queries)."""
     teacher_scores_RG: Tensor | None = None
-    """All ranks' reranker scores; needed only for teacher distillation with kd_loss_type 'm3_kd_loss'."""
+    """All ranks' reranker scores, masked like the local ones (masks.masked_teacher); needed only for
+    teacher distillation with kd_loss_type 'm3_kd_loss'."""
     local_rows: bool = False
     """scores_RS holds only this rank's Q rows against all S passages (the passages gathered with
     reduce_grad); the dense InfoNCE is then computed on those rows and weighted by row_weight."""
@@ -70,7 +76,8 @@ class DenseAtDim:
 def m3_loss(scores: HeadScores | Mapping[str, Tensor | None], group_size: int, step: int,
             cfg: LossConfig, teacher_scores_QG: Tensor | None = None,
             dense_global: GlobalDense | None = None,
-            dense_dims: Mapping[int, DenseAtDim] | None = None) -> dict[str, Tensor]:
+            dense_dims: Mapping[int, DenseAtDim] | None = None,
+            penalty_QP: Tensor | None = None) -> dict[str, Tensor]:
     """Named loss terms of one local batch; `loss` is the total to backpropagate.
 
     `step` is compared with cfg.self_distill_start_step; the reference counts forward calls from 0
@@ -81,19 +88,22 @@ def m3_loss(scores: HeadScores | Mapping[str, Tensor | None], group_size: int, s
     while the ensemble and distillation use this rank's (Q, P) block, exactly as the reference does.
     `dense_dims` (needed when cfg.matryoshka_dims is set): each prefix width's scores, local or gathered
     like the full ones; the dense term is then their weighted sum, logged per width as dense_<d>_loss.
+    `penalty_QP`: the local exclusions (framework/loss/masks.py), raw-score units; None excludes nothing.
     """
     head_scores = _as_head_scores(scores)
     num_q = _check_inputs(head_scores, group_size, cfg, teacher_scores_QG, dense_global)
     _check_dense_dims(dense_dims, num_q, group_size, cfg, teacher_scores_QG is not None)
+    _check_penalty(penalty_QP, num_q, group_size)
     active = [head for head in HEADS if getattr(cfg, f"use_{head}")]
-    local = {head: _widen(score_QP) / cfg.temperature
+    local = {head: _scaled(score_QP, penalty_QP, cfg)
              for head, score_QP in _local_blocks(head_scores, dense_global, num_q, group_size).items()}
-    targets_QG = None if teacher_scores_QG is None else _teacher_targets(teacher_scores_QG)
+    teacher_QG = masked_teacher(teacher_scores_QG, penalty_QP, group_size)
+    targets_QG = None if teacher_QG is None else _teacher_targets(teacher_QG)
     terms = {}
     for head in active:
         if head == "dense":
             terms.update(_dense_terms(local.get("dense"), dense_global, dense_dims, num_q, group_size, targets_QG,
-                                      cfg))
+                                      cfg, penalty_QP))
         else:
             terms[f"{head}_loss"] = grouped_infonce(local[head], group_size, targets_QG, cfg.kd_loss_type)
     lambdas = asdict(cfg.lambdas)
@@ -102,6 +112,9 @@ def m3_loss(scores: HeadScores | Mapping[str, Tensor | None], group_size: int, s
     if len(active) > 1:
         ensemble_QP = ensemble_scores(local.get("dense"), local.get("sparse"), local.get("colbert"),
                                       cfg.ensemble_weights)
+        if penalty_QP is not None:
+            # The heads carry the penalty already; added once more so that it holds whatever the weights.
+            ensemble_QP = ensemble_QP + _widen(penalty_QP) / cfg.temperature
         terms["ensemble_loss"] = grouped_infonce(ensemble_QP, group_size, targets_QG, cfg.kd_loss_type)
         weighted.append((cfg.ensemble_lambda, terms["ensemble_loss"]))
     loss = _weighted_sum(weighted) / _divisor(cfg.loss_divisor, len(weighted))
@@ -126,13 +139,13 @@ def _self_distill_terms(ensemble_QP: Tensor, local: dict[str, Tensor], lambdas: 
 
 def _dense_terms(scaled_QP: Tensor | None, dense_global: GlobalDense | None,
                  dense_dims: Mapping[int, DenseAtDim] | None, num_q: int | None, group_size: int,
-                 targets_QG: Tensor | None, cfg: LossConfig) -> dict[str, Tensor]:
+                 targets_QG: Tensor | None, cfg: LossConfig, penalty_QP: Tensor | None) -> dict[str, Tensor]:
     """dense_loss: the full width's InfoNCE, or with Matryoshka dims the weighted sum of each width's."""
     if not cfg.matryoshka_dims:
         return {"dense_loss": _dense_infonce(scaled_QP, dense_global, num_q, group_size, targets_QG, cfg)}
     terms = {}
     for dim, view in ((dim, dense_dims[dim]) for dim in cfg.matryoshka_dims):
-        scaled = None if view.scores_QP is None else _widen(view.scores_QP) / cfg.temperature
+        scaled = None if view.scores_QP is None else _scaled(view.scores_QP, penalty_QP, cfg)
         terms[f"dense_{dim}_loss"] = _dense_infonce(scaled, view.dense_global, num_q, group_size, targets_QG, cfg)
     terms["dense_loss"] = _weighted_sum([(weight, terms[f"dense_{dim}_loss"])
                                          for dim, weight in cfg.matryoshka.items()])
@@ -176,6 +189,12 @@ def _local_blocks(head_scores: HeadScores, dense_global: GlobalDense | None, num
         row, col = dense_global.row_offset, dense_global.row_offset * group_size
         blocks["dense"] = dense_global.scores_RS[row:row + num_q, col:col + num_q * group_size]
     return {head: blocks[head] for head in HEADS if head in blocks}
+
+
+def _scaled(score_QP: Tensor, penalty_QP: Tensor | None, cfg: LossConfig) -> Tensor:
+    """Raw scores with the exclusions' penalty, in float32 at least, divided by the temperature."""
+    widened_QP = _widen(score_QP)
+    return (widened_QP if penalty_QP is None else widened_QP + penalty_QP.to(widened_QP.dtype)) / cfg.temperature
 
 
 def _teacher_targets(teacher_scores_QG: Tensor) -> Tensor:
@@ -223,6 +242,15 @@ def _check_inputs(head_scores: HeadScores, group_size: int, cfg: LossConfig,
     if dense_global is not None:
         _check_global(dense_global, num_q, group_size, cfg, teacher_scores_QG is not None)
     return num_q
+
+
+def _check_penalty(penalty_QP: Tensor | None, num_q: int | None, group_size: int) -> None:
+    if penalty_QP is None:
+        return
+    expected = None if num_q is None else (num_q, num_q * group_size)
+    if penalty_QP.dim() != 2 or (expected is not None and tuple(penalty_QP.shape) != expected):
+        raise ValueError(f"m3_loss: penalty_QP has shape {tuple(penalty_QP.shape)}; it must match the local score "
+                         f"matrices {expected} (framework/loss/masks.py builds it from the batch).")
 
 
 def _check_local_scores(head_scores: HeadScores, group_size: int, cfg: LossConfig,

@@ -69,12 +69,13 @@ def load_m3(model_dir: str | os.PathLike, cfg: ModelConfig | None = None,
 
 
 def save_m3(model: M3Model, tokenizer, out_dir: str | os.PathLike,
-            state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+            state_dict: dict[str, torch.Tensor] | None = None, prompts: dict[str, str] | None = None) -> Path:
     """Write a BGE-M3 directory.
 
     `state_dict` (full M3Model keys) overrides the module's own parameters: under ZeRO-3 each rank holds
     only a shard, so the caller passes the gathered state (writing the module would save empty tensors,
-    the reference's known ZeRO-3 bug).
+    the reference's known ZeRO-3 bug). `prompts` (name -> text, e.g. {"query": "query: ", "passage":
+    "passage: "}) are saved as sentence-transformers' prompts, which M3Embedder reads as well.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -87,5 +88,6 @@ def save_m3(model: M3Model, tokenizer, out_dir: str | os.PathLike,
         if any(t.numel() == 0 for t in head.values()):
             raise ValueError(f"{name} has empty tensors: gather ZeRO-3 parameters before saving")
         torch.save(head, out_dir / filename)
-    write_st_layout(out_dir, embedding_dim=model.encoder.config.hidden_size, max_seq_length=model.max_positions)
+    write_st_layout(out_dir, embedding_dim=model.encoder.config.hidden_size, max_seq_length=model.max_positions,
+                    prompts=prompts)
     return out_dir

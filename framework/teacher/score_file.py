@@ -3,13 +3,17 @@ pos_scores / neg_scores, resumably and in parts (framework/jobs).
 
 Output line N is input line N; bad rows are copied through unchanged and counted (report.py). A
 chunk's pairs go to the teacher in one call, so they are batched by length across the whole chunk.
+The teacher scores the texts as the student will see them: each row's source prompts (the
+--source-rules file tools/make_shards.py uses, framework/data/sources.py) and the row's own `prompt`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from framework.data.prepare.inputs import default_source
 from framework.data.records import BadRecord
+from framework.data.sources import RowPrompter, SourceRules, check_source_rules
 from framework.jobs import Progress, RewriteJob, merge_parts, part_path, rewrite_jsonl
 from framework.teacher.base import ScorePair, Teacher
 from framework.teacher.report import ScoreReport, report_path_of
@@ -35,17 +39,24 @@ class ScoreFileConfig:
     """Start again instead of resuming an existing output."""
     progress_seconds: float = 10.0
     """Seconds between progress lines."""
+    source_rules: dict[str, SourceRules] = field(default_factory=dict)
+    """Per-source prompts put before the texts the teacher scores (the file make_shards --source-rules reads)."""
+    source: str | None = None
+    """Source of every row (make_shards' --source); None: the row's own, else the file name's."""
 
     def __post_init__(self) -> None:
         if not self.scale > 0:
             raise ValueError(f"scale={self.scale}: use a positive factor (1 keeps the teacher's scores)")
+        check_source_rules(self.source_rules, "source_rules")
 
 
 class ScoreRewriter:
     """The LineRewriter of scoring: parses a chunk's rows, scores their pairs in one call, renders them."""
 
-    def __init__(self, teacher: Teacher, scale: float, file: str, report: ScoreReport):
+    def __init__(self, teacher: Teacher, scale: float, file: str, report: ScoreReport,
+                 prompter: RowPrompter | None = None):
         self.teacher, self.scale, self.file, self.report = teacher, scale, file, report
+        self.prompter = prompter or RowPrompter({}, default_source(file))
 
     def _parse(self, line: int, raw: bytes) -> PairRow | None:
         try:
@@ -63,7 +74,9 @@ class ScoreRewriter:
 
     def rewrite(self, first_line: int, raws: list[bytes], progress: Progress) -> list[bytes]:
         rows = [self._parse(line, raw) for line, raw in enumerate(raws, start=first_line)]
-        pairs = [ScorePair(row.query, text) for row in rows if row is not None
+        prompter = self.prompter
+        pairs = [ScorePair(prompter.query(row.obj, row.query), prompter.passage(row.obj, text))
+                 for row in rows if row is not None
                  for name in SCORE_FIELDS for text in row.passages(name) if not is_blank(text)]
         scored = self.teacher.score(pairs, on_pairs=progress.add_items)
         assert len(scored) == len(pairs), "a teacher returns one score per pair"
@@ -98,13 +111,14 @@ def score_file(input_path: str | Path, output_path: str | Path, teacher: Teacher
                config: ScoreFileConfig = ScoreFileConfig()) -> ScoreReport:
     """Score (this part of) `input_path` into `output_path`, resuming it; returns and saves the report."""
     input_path = Path(input_path)
-    settings = {"teacher": teacher.identity(), "scale": config.scale}
+    prompter = RowPrompter(config.source_rules, default_source(str(input_path)), config.source)
+    settings = {"teacher": teacher.identity(), "scale": config.scale, "prompts": prompter.identity()}
     job = RewriteJob(input_path, Path(output_path), settings, config.chunk_size, config.part, config.num_parts,
                      config.overwrite, config.progress_seconds, item_name="pairs")
     report = ScoreReport()
     # A report belongs to a finished run: an earlier one must not sit next to an output being rewritten.
     report_path_of(job.part_output).unlink(missing_ok=True)
-    result = rewrite_jsonl(job, ScoreRewriter(teacher, config.scale, str(input_path), report))
+    result = rewrite_jsonl(job, ScoreRewriter(teacher, config.scale, str(input_path), report, prompter))
     report.save(report_path_of(result.output_path))
     return report
 

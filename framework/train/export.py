@@ -49,11 +49,12 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def export_bge_m3(model: M3Model, tokenizer, out_dir: Path) -> Path:
-    """Gather and write a BGE-M3 directory (FlagEmbedding's BGEM3FlagModel loads it)."""
+def export_bge_m3(model: M3Model, tokenizer, out_dir: Path, prompts: dict[str, str] | None = None) -> Path:
+    """Gather and write a BGE-M3 directory (FlagEmbedding's BGEM3FlagModel loads it), with the named
+    prompts the stage trained with (sentence-transformers' `prompts`)."""
     state = full_state_dict(model)
     if is_main():
-        save_m3(model, tokenizer, out_dir, state_dict=state)
+        save_m3(model, tokenizer, out_dir, state_dict=state, prompts=prompts)
     barrier()
     return out_dir
 

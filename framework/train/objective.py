@@ -13,8 +13,17 @@ then truncation and renormalisation on both sides of it), so each width has the 
 gradient semantics. The sparse head's health (framework/loss/sparse_health.py) goes into the report as
 device tensors, and the FLOPS regulariser, when on, into the terms as flops_loss.
 
+Exclusions (framework/loss/masks.py): placeholder passages, passages whose token-id hash equals one of
+the query's positives, and for sources with in_batch_negatives false every other group's passages are
+left out of each query's softmax: m3_loss gets the local penalty (every head, the ensemble,
+self-distillation, the teacher's targets), and the gathered dense scores get the same rule over all
+ranks' passages (their validity and hashes travel in one int64 gather, which replaces the validity
+gather; all rows also gather the row rules). The report's `masked_duplicates` (batches that carry hashes:
+every stream batch) counts the entries of this rank's query rows that only the duplicate rule left out.
+
 Shape legend (docs/shapes.md): Q queries, P passages (= Q * G), G group size (positive first), L tokens,
-R all ranks' queries, S all ranks' passages, B batch rows (queries or passages), D dense size, C colbert size.
+R all ranks' queries, S all ranks' passages, B batch rows (queries or passages), D dense size, C colbert size,
+Y positives of a query.
 """
 from __future__ import annotations
 
@@ -25,9 +34,11 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch import nn
 
-from framework.loss import (DenseAtDim, GlobalDense, HeadScores, LossConfig, check_matryoshka_dims, colbert_scores,
-                            dense_prefix, dense_scores, flops_loss, health_metrics, lexical_stats, m3_loss,
+from framework.loss import (ColumnKeys, DenseAtDim, GlobalDense, HeadScores, LossConfig, RowRules,
+                            check_matryoshka_dims, colbert_scores, dense_prefix, dense_scores, exclusions,
+                            flops_loss, health_metrics, lexical_stats, m3_loss, masked_teacher, rows_and_columns,
                             sparse_scores)
+from framework.data.dedup import NO_HASH
 from framework.model import M3Model, M3Output
 from framework.parallel import gather, gather_with_grad, world_size
 from framework.train.split_batch import encode, sub_batch_size
@@ -35,9 +46,6 @@ from framework.train.split_batch import encode, sub_batch_size
 if TYPE_CHECKING:
     from framework.data.batch import Batch
 
-# Added to the raw score of a placeholder passage (a query without negatives): after the temperature
-# (1/0.02) it is far below any real score, so softmax gives it zero weight, yet it stays finite in bf16.
-INVALID_SCORE = -1e4
 
 
 class ForwardReport(NamedTuple):
@@ -78,17 +86,10 @@ def head_scores(q: M3Output, p: M3Output, cfg: LossConfig) -> HeadScores:
     )
 
 
-def mask_invalid(scores: HeadScores, valid_P: torch.Tensor | None) -> HeadScores:
-    """Push placeholder passages' columns far below every real score in each head. Always added (zeros
-    where every passage is valid): testing `valid_P.all()` first would sync the host with the device."""
-    if valid_P is None:
-        return scores
-    penalty_P = (~valid_P).to(torch.float32) * INVALID_SCORE
-
-    def masked(score_QP):
-        return None if score_QP is None else score_QP + penalty_P.to(score_QP.dtype)
-
-    return HeadScores(masked(scores.dense), masked(scores.sparse), masked(scores.colbert))
+def batch_rules(batch: Batch) -> tuple[RowRules, ColumnKeys]:
+    """The batch's row rules and column keys on its device (a batch without them excludes only placeholders)."""
+    return rows_and_columns(batch.in_batch_Q, batch.positive_hash_QY, batch.passage_valid_P, batch.passage_hash_P,
+                            batch.q_ids_QL.shape[0], batch.p_ids_PL.shape[0], batch.p_ids_PL.device)
 
 
 class M3Objective(nn.Module):
@@ -117,17 +118,24 @@ class M3Objective(nn.Module):
 
     def forward(self, batch: Batch, step: int) -> ObjectiveOutput:
         q, p = self.encode(batch.q_ids_QL, batch.q_mask_QL), self.encode(batch.p_ids_PL, batch.p_mask_PL)
-        cfg, group_size, teacher_QG, valid_P = self.loss_cfg, batch.group_size, batch.teacher_scores_QG, \
-            batch.passage_valid_P
-        scores = mask_invalid(head_scores(q, p, cfg), valid_P)
+        cfg, group_size, teacher_QG = self.loss_cfg, batch.group_size, batch.teacher_scores_QG
+        rows, cols = batch_rules(batch)
+        local = exclusions(rows, cols, group_size)
+        scores = head_scores(q, p, cfg)
         use_global = self.gather_dense and cfg.use_dense and world_size() > 1
-        vectors = self._gather_dense(q, p, teacher_QG, valid_P, group_size) if use_global else None
+        vectors = self._gather_dense(q, p, masked_teacher(teacher_QG, local.penalty_QP, group_size), rows, cols,
+                                     group_size) if use_global else None
         dense_global = None if vectors is None else vectors.scores()
-        dense_dims = self._dense_dims(q, p, valid_P, scores, vectors, dense_global) if cfg.matryoshka_dims else None
-        terms = m3_loss(scores, group_size, step, cfg, teacher_QG, dense_global=dense_global, dense_dims=dense_dims)
+        dense_dims = self._dense_dims(q, p, scores, vectors, dense_global) if cfg.matryoshka_dims else None
+        terms = m3_loss(scores, group_size, step, cfg, teacher_QG, dense_global=dense_global, dense_dims=dense_dims,
+                        penalty_QP=local.penalty_QP)
         metrics = {}
+        if batch.passage_hash_P is not None:  # every stream batch; Batch.of without hashes masks no duplicate
+            duplicates = local.duplicates_QP if vectors is None else vectors.duplicates_QS
+            metrics["masked_duplicates"] = duplicates.sum().to(torch.float32)
         if cfg.use_sparse:
-            terms, metrics = self._sparse_health(q, p, valid_P, terms, step)
+            terms, health = self._sparse_health(q, p, cols.valid_P, terms, step)
+            metrics.update(health)
         return ObjectiveOutput(terms, ForwardReport(computed_positions(q, p), MappingProxyType(metrics)))
 
     def _sparse_health(self, q: M3Output, p: M3Output, valid_P, terms: dict, step: int) -> tuple[dict, dict]:
@@ -141,9 +149,10 @@ class M3Objective(nn.Module):
             terms["loss"] = terms["loss"] + terms["flops_loss"]
         return terms, health_metrics(query, passage)
 
-    def _dense_dims(self, q: M3Output, p: M3Output, valid_P, scores: HeadScores, vectors: GatheredDense | None,
+    def _dense_dims(self, q: M3Output, p: M3Output, scores: HeadScores, vectors: GatheredDense | None,
                     dense_global: GlobalDense | None) -> dict[int, DenseAtDim]:
-        """Each Matryoshka width's dense scores; the full width reuses the full scores."""
+        """Each Matryoshka width's dense scores (raw: m3_loss adds the local penalty, the gathered ones carry
+        theirs); the full width reuses the full scores."""
         width, normalize = q.dense_BD.shape[-1], self.model.cfg.normalize
         views = {}
         for dim in self.loss_cfg.matryoshka_dims:
@@ -153,34 +162,48 @@ class M3Objective(nn.Module):
                 views[dim] = DenseAtDim(dense_global=vectors.scores(dim, normalize))
             else:
                 q_Qd, p_Pd = dense_prefix(q.dense_BD, dim, normalize), dense_prefix(p.dense_BD, dim, normalize)
-                views[dim] = DenseAtDim(mask_invalid(HeadScores(dense=dense_scores(q_Qd, p_Pd)), valid_P).dense)
+                views[dim] = DenseAtDim(dense_scores(q_Qd, p_Pd))
         return views
 
-    def _gather_dense(self, q: M3Output, p: M3Output, teacher_scores_QG, valid_P, group_size: int) -> GatheredDense:
+    def _gather_dense(self, q: M3Output, p: M3Output, teacher_scores_QG, rows: RowRules, cols: ColumnKeys,
+                      group_size: int) -> GatheredDense:
+        """`teacher_scores_QG` already carries the local exclusions (masked_teacher)."""
+        all_cols = _gather_columns(cols)
         if self.local_rows:
-            return self._local_rows_dense(q, p, valid_P, group_size)
+            return self._local_rows_dense(q, p, rows, all_cols, group_size)
         q_all = gather_with_grad(q.dense_BD, self.rescale_grad)
         p_all = gather_with_grad(p.dense_BD, self.rescale_grad)
         teacher_RG = None
         if teacher_scores_QG is not None and self.loss_cfg.kd_loss_type == "m3_kd_loss":
             teacher_RG = gather(teacher_scores_QG).tensor
-        return GatheredDense(q_all.tensor, p_all.tensor, _penalty(valid_P), q_all.offset, teacher_RG)
+        excluded = exclusions(_gather_rows(rows), all_cols, group_size)
+        return GatheredDense(q_all.tensor, p_all.tensor, excluded.penalty_QP, q_all.offset, teacher_RG,
+                             duplicates_QS=excluded.duplicates_QP[q_all.local_rows])
 
-    def _local_rows_dense(self, q: M3Output, p: M3Output, valid_P, group_size: int) -> GatheredDense:
+    def _local_rows_dense(self, q: M3Output, p: M3Output, rows: RowRules, all_cols: ColumnKeys,
+                          group_size: int) -> GatheredDense:
         """This rank's queries x all ranks' passages; the passages' gradient is summed over ranks."""
         p_all = gather_with_grad(p.dense_BD, reduce_grad=True)
         num_q = q.dense_BD.shape[0]
         # Every rank holds G passages per query, so the passages' layout gives the query rows too.
         weight = num_q * len(p_all.sizes) * group_size / sum(p_all.sizes)
-        return GatheredDense(q.dense_BD, p_all.tensor, _penalty(valid_P), p_all.offset // group_size,
-                             local_rows=True, row_weight=weight)
+        offset = p_all.offset // group_size
+        excluded = exclusions(rows, all_cols, group_size, offset)
+        return GatheredDense(q.dense_BD, p_all.tensor, excluded.penalty_QP, offset, local_rows=True,
+                             row_weight=weight, duplicates_QS=excluded.duplicates_QP)
 
 
-def _penalty(valid_P: torch.Tensor | None) -> torch.Tensor | None:
-    """INVALID_SCORE at every rank's placeholder passages, 0 elsewhere (None: all passages are real)."""
-    if valid_P is None:
-        return None
-    return (1 - gather(valid_P.to(torch.float32)).tensor) * INVALID_SCORE
+def _gather_columns(cols: ColumnKeys) -> ColumnKeys:
+    """Every rank's passage validity and hashes, in one int64 gather (no gradient)."""
+    keys_S2 = gather(torch.stack([cols.valid_P.to(torch.int64), cols.hash_P], dim=1)).tensor
+    return ColumnKeys(keys_S2[:, 0].bool(), keys_S2[:, 1])
+
+
+def _gather_rows(rows: RowRules) -> RowRules:
+    """Every rank's row rules (all-rows layout), in one int64 gather; ranks' positive widths are padded."""
+    packed_R1Y = gather(torch.cat([rows.in_batch_Q[:, None].to(torch.int64), rows.positive_hash_QY], dim=1),
+                        pad_value=NO_HASH).tensor
+    return RowRules(packed_R1Y[:, 0].bool(), packed_R1Y[:, 1:])
 
 
 class GatheredDense(NamedTuple):
@@ -190,8 +213,8 @@ class GatheredDense(NamedTuple):
     """All ranks' queries (all rows), or this rank's queries (local rows)."""
     p_SD: torch.Tensor
     """All ranks' passages; this rank's rows carry the gradient (framework/parallel/gather.py)."""
-    penalty_S: torch.Tensor | None
-    """Added to every column of a placeholder passage (None: none)."""
+    penalty_RS: torch.Tensor | None
+    """The exclusions' penalty of q_RD's rows x all passages (framework/loss/masks.py; None: none)."""
     row_offset: int
     """This rank's first query among all ranks' queries."""
     teacher_RG: torch.Tensor | None = None
@@ -200,12 +223,14 @@ class GatheredDense(NamedTuple):
     """q_RD holds only this rank's queries."""
     row_weight: float = 1.0
     """GlobalDense.row_weight of local rows."""
+    duplicates_QS: torch.Tensor | None = None
+    """This rank's query rows x all passages: the entries only the duplicate rule excluded (the metric)."""
 
     def scores(self, dim: int | None = None, normalize: bool = True) -> GlobalDense:
         q_RD, p_SD = self.q_RD, self.p_SD
         if dim is not None:
             q_RD, p_SD = dense_prefix(q_RD, dim, normalize), dense_prefix(p_SD, dim, normalize)
         scores_RS = dense_scores(q_RD, p_SD)
-        if self.penalty_S is not None:
-            scores_RS = scores_RS + self.penalty_S.to(scores_RS.dtype)
+        if self.penalty_RS is not None:
+            scores_RS = scores_RS + self.penalty_RS.to(scores_RS.dtype)
         return GlobalDense(scores_RS, self.row_offset, self.teacher_RG, self.local_rows, self.row_weight)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from framework.data.records import REJECT_REASONS
+from framework.data.sources import SourceRules, check_source_rules
 from framework.retrieval import DenseIndexConfig
 
 METHODS = ("dense", "bm25")
@@ -43,6 +44,11 @@ class MiningConfig:
     """Encoder device: "auto" (cuda when torch sees a GPU), "cpu", "cuda", "cuda:1", ..."""
     index: DenseIndexConfig = field(default_factory=DenseIndexConfig)
     """faiss index of the pool (dense): kind, IVF/HNSW parameters, GPU use."""
+    source_rules: dict[str, SourceRules] = field(default_factory=dict)
+    """Per-source prompts put before the queries and passages the dense retriever encodes (the file
+    tools/make_shards.py --source-rules reads); rows' own `prompt` fields apply too. BM25 ranks raw texts."""
+    source: str | None = None
+    """Source of every row (make_shards' --source); None: the row's own, else the input file's name."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -58,6 +64,7 @@ class MiningConfig:
         for name in ("chunk_size", "batch_size", "max_query_length", "max_passage_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: use a positive integer")
+        check_source_rules(self.source_rules, "source_rules")
 
 
 class BadRow(ValueError):

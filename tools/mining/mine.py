@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from framework.data.prepare.inputs import default_source
 from framework.data.records import Record
+from framework.data.sources import RowPrompter
 from framework.retrieval import MISSING_ID
 from .config import BadRow, MiningConfig, MiningReport
 from .rankers import RANKERS, Ranker
@@ -29,8 +31,9 @@ def pick_negatives(ranked_K: np.ndarray, exclude: set[int], config: MiningConfig
 
 
 def mine_chunk(first_line: int, raws: list[bytes], rank: Ranker | None, pool: Pool, config: MiningConfig,
-               report: MiningReport) -> bytes:
-    """Output bytes of consecutive input lines starting at 1-based `first_line`."""
+               report: MiningReport, prompter: RowPrompter | None = None) -> bytes:
+    """Output bytes of consecutive input lines starting at 1-based `first_line`; queries are ranked as
+    `prompter` shows them (with their prompts), written back as they were."""
     rows: list[tuple[dict, Record] | None] = []
     for line, raw in enumerate(raws, start=first_line):
         try:
@@ -38,7 +41,8 @@ def mine_chunk(first_line: int, raws: list[bytes], rank: Ranker | None, pool: Po
         except BadRow as error:
             report.add_bad(error, line)
             rows.append(None)
-    queries = [parsed[1].query for parsed in rows if parsed is not None]
+    queries = [record.query if prompter is None else prompter.query(row, record.query)
+               for row, record in (parsed for parsed in rows if parsed is not None)]
     # A valid row has a positive, so the pool is non-empty (and a ranker exists) whenever there are queries.
     ranked = iter(rank(queries) if queries else ())
     out = []
@@ -69,28 +73,32 @@ def mine(input_path: str | Path, output_path: str | Path, config: MiningConfig,
     if output_path.resolve() == input_path.resolve():
         raise ValueError(f"--out {output_path} is the input file; write to another path")
     report = MiningReport()
-    report.num_lines, pool = scan_input(input_path, config, fill_pool=corpus_path is None)
+    # The dense retriever sees the texts as the student will (prompts); BM25 ranks words, which prompts
+    # would only add to every query.
+    prompter = RowPrompter(config.source_rules, default_source(str(input_path)), config.source) \
+        if config.method == "dense" else None
+    report.num_lines, pool = scan_input(input_path, config, fill_pool=corpus_path is None, prompter=prompter)
     if corpus_path is not None:
-        pool = read_corpus(corpus_path, report)
+        pool = read_corpus(corpus_path, report, prompter)
     report.pool_size = len(pool.texts)
     start = resume_point(input_path, output_path, run_state(input_path, corpus_path, config), config, overwrite,
                          report)
     if start < report.num_lines:
         print(f"{'resuming after line ' + str(start) if start else 'mining'} of {report.num_lines} lines, "
               f"{config.method} retrieval over {len(pool.texts)} pool passages", flush=True)
-        rank = RANKERS[config.method](config, pool.texts) if pool.texts else None
-        _write_chunks(input_path, output_path, start, rank, pool, config, report)
+        rank = RANKERS[config.method](config, pool.shown) if pool.texts else None
+        _write_chunks(input_path, output_path, start, rank, pool, config, report, prompter)
     print(report.summary(), flush=True)
     return report
 
 
 def _write_chunks(input_path: Path, output_path: Path, start: int, rank: Ranker | None, pool: Pool,
-                  config: MiningConfig, report: MiningReport) -> None:
+                  config: MiningConfig, report: MiningReport, prompter: RowPrompter | None) -> None:
     """Mine and append the chunks from line `start` on, printing progress after each."""
     began = time.monotonic()
     with output_path.open("ab") as out:
         for first, raws in iter_chunks(input_path, start, config.chunk_size):
-            out.write(mine_chunk(first + 1, raws, rank, pool, config, report))
+            out.write(mine_chunk(first + 1, raws, rank, pool, config, report, prompter))
             out.flush()
             done = first + len(raws)
             rate = (done - start) / max(time.monotonic() - began, 1e-9)

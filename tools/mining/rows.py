@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from framework.data.records import ALIASES, BadRecord, Record, RecordConfig, load_json_line, normalize_record
+from framework.data.sources import RowPrompter
 from .config import BadRow, MiningConfig, MiningReport
 
 CORPUS_JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
@@ -71,39 +72,45 @@ def iter_lines(path: Path) -> Iterator[bytes]:
 
 
 class Pool:
-    """Distinct candidate passages; duplicates are found after stripping surrounding whitespace."""
+    """Distinct candidate passages; duplicates are found after stripping surrounding whitespace. Each keeps
+    the text written back (`texts`) and the text the retriever encodes (`shown`: with its passage prompt)."""
 
     def __init__(self) -> None:
         self.texts: list[str] = []
+        self.shown: list[str] = []
         self.id_of: dict[str, int] = {}
 
-    def add(self, text: str) -> None:
+    def add(self, text: str, shown: str | None = None) -> None:
         if text_ok(text) and text.strip() not in self.id_of:
             self.id_of[text.strip()] = len(self.texts)
             self.texts.append(text)
+            self.shown.append(text if shown is None else shown)
 
     def ids_of(self, texts: list[str]) -> set[int]:
         return {self.id_of[t.strip()] for t in texts if t.strip() in self.id_of}
 
 
-def scan_input(path: Path, config: MiningConfig, fill_pool: bool) -> tuple[int, Pool]:
-    """(line count, pool of the file's positives) in one pass; bad rows are counted later."""
+def scan_input(path: Path, config: MiningConfig, fill_pool: bool, prompter: RowPrompter | None = None
+               ) -> tuple[int, Pool]:
+    """(line count, pool of the file's positives, each shown with its row's passage prompt) in one pass;
+    bad rows are counted later."""
     pool, num_lines = Pool(), 0
     for raw in iter_lines(path):
         num_lines += 1
         if not fill_pool:
             continue
         try:
-            _, record = parse_row(raw)
+            row, record = parse_row(raw)
         except BadRow:
             continue
         for text in record.pos + (record.neg if config.pool_with_neg else ()):
-            pool.add(text)
+            pool.add(text, None if prompter is None else prompter.passage(row, text))
     return num_lines, pool
 
 
-def read_corpus(path: Path, report: MiningReport) -> Pool:
-    """Pool from --corpus: JSONL strings or {"text": ...} objects, or plain lines; bad lines are counted."""
+def read_corpus(path: Path, report: MiningReport, prompter: RowPrompter | None = None) -> Pool:
+    """Pool from --corpus: JSONL strings or {"text": ...} objects, or plain lines; bad lines are counted.
+    Passages are shown with the passage prompt of their object's "source" (else --source, else the default)."""
     pool, is_jsonl = Pool(), path.name.endswith(CORPUS_JSONL_SUFFIXES)
     for raw in iter_lines(path):
         try:
@@ -112,11 +119,12 @@ def read_corpus(path: Path, report: MiningReport) -> Pool:
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             report.corpus_bad["unreadable"] = report.corpus_bad.get("unreadable", 0) + 1
             continue
+        row = item if isinstance(item, dict) else {}
         item = item.get("text") if isinstance(item, dict) else item
         if not text_ok(item):
             report.corpus_bad["no_text"] = report.corpus_bad.get("no_text", 0) + 1
             continue
-        pool.add(item)
+        pool.add(item, None if prompter is None else prompter.passage(row, item))
     if not pool.texts:
         raise ValueError(f"corpus {path} holds no usable passage; give one passage per line (or JSONL with 'text')")
     return pool

@@ -1,7 +1,7 @@
 """The typed job config of one shard-preparation run (one part of the input): `ShardConfig`."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from framework.data.buckets import DEFAULT_EDGES
@@ -9,6 +9,7 @@ from framework.data.prepare.encode import EncodeConfig
 from framework.data.prepare.inputs import SPLITS
 from framework.data.prepare.text import KINDS
 from framework.data.records import SOURCE_PATTERN, RecordConfig
+from framework.data.sources import SourceRules, check_source_rules, prompts_for
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,9 @@ class ShardConfig:
     """Seconds between progress lines."""
     kind: str = "auto"
     """"pairs", "text" (plain documents) or "auto" (from the inputs: .txt files and {"text": ...} rows)."""
+    source_rules: dict[str, SourceRules] = field(default_factory=dict)
+    """Per-source prompts applied before tokenisation and recorded in the manifest (framework/data/sources.py;
+    the batch rules in it are the trainer's and ignored here)."""
 
     def __post_init__(self) -> None:
         if min(self.shard_size, self.shard_max_bytes, self.num_workers, self.chunk_size, self.num_parts) < 1:
@@ -69,6 +73,7 @@ class ShardConfig:
             raise ValueError(f"source {self.source!r}: use only letters, digits, '_' and '-'")
         if self.tokenizer is None and (self.pretokenize or self.max_length or self.length_edges):
             raise ValueError("pretokenize, max_length and length_edges need a tokenizer; pass --tokenizer DIR")
+        check_source_rules(self.source_rules, "source_rules")
         edges = self.edges
         if edges is not None and (edges[0] < 1 or any(b <= a for a, b in zip(edges, edges[1:]))):
             raise ValueError(f"length_edges {edges}: use increasing positive token counts, e.g. 500,1000,8192")
@@ -90,7 +95,13 @@ class ShardConfig:
         """The options the parse/tokenise workers need, for records of the (resolved) `kind`."""
         limit = None if self.tokenizer is None else self.token_limit
         return EncodeConfig(self.source, self.lang, self.max_chars, self.tokenizer, self.pretokenize, limit,
-                            self.edges, kind)
+                            self.edges, kind, dict(self.source_rules))
+
+    def manifest_prompts(self, kind: str, sources) -> dict[str, dict]:
+        """What the manifest records: each pair source's prompts (documents take none)."""
+        if kind != "pairs":
+            return {}
+        return {source: prompts_for(self.source_rules, source).to_json() for source in sorted(sources)}
 
     def manifest_path(self) -> Path:
         name = "manifest.json" if self.num_parts == 1 else f"manifest-part{self.part:05d}-of-{self.num_parts:05d}.json"

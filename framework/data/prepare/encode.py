@@ -2,7 +2,9 @@
 
 Workers handle chunks independently and the main process consumes their results in input order, so the
 output does not depend on the number of workers. Each sample's bucket is that of its longest text in
-tokens after truncation to `token_limit` (framework/data/buckets.py).
+tokens after truncation to `token_limit` (framework/data/buckets.py). Pair texts are tokenised with their
+source's prompts (framework/data/sources.py: prefixes, the record's own prompt), so lengths and `.tok`
+ids are those of the texts the model sees; the `.json` member keeps the record as it was.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import json
 import multiprocessing
 import os
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, NamedTuple
 
 from framework.data.buckets import bucket_of
@@ -18,6 +20,7 @@ from framework.data.format import encode_token_ids
 from framework.data.prepare.inputs import Chunk, default_source
 from framework.data.prepare.text import TextRecord, is_text_file, parse_text_line, parse_text_row
 from framework.data.records import BadRecord, Record, RecordConfig, parse_record
+from framework.data.sources import SourceRules, prompts_for
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,15 @@ class EncodeConfig:
     """Upper edges of the length buckets (with a tokenizer)."""
     kind: str = "pairs"
     """What the records are: "pairs" (query/passages, records.py) or "text" (documents, text.py)."""
+    source_rules: dict[str, SourceRules] = field(default_factory=dict)
+    """Per-source prompts of pair texts (framework/data/sources.py); documents take none."""
+
+    def texts(self, record: Record | TextRecord) -> list[str]:
+        """The record's texts as tokenised: a pair's with its source's prompts."""
+        if not isinstance(record, Record):
+            return record.texts()
+        return prompts_for(self.source_rules, record.source).texts(record.query, record.pos + record.neg,
+                                                                   record.prompt)
 
 
 class Sample(NamedTuple):
@@ -116,7 +128,7 @@ def tokenize(records: list[Record | TextRecord]) -> list[tuple[list[list[int]], 
     tokenizer, config = _STATE["tokenizer"], _STATE["config"]
     if tokenizer is None:
         return [None] * len(records)
-    texts = [text for record in records for text in record.texts()]
+    texts = [text for record in records for text in config.texts(record)]
     # One call for the chunk; the rare over-long texts are encoded again with the tokenizer's own
     # truncation, so ids match `tokenizer(text, truncation=True, max_length=...)` exactly.
     ids = tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"] if texts else []

@@ -98,6 +98,9 @@ def make_shards(inputs: list[str | Path], config: ShardConfig) -> Manifest:
     """
     files = expand_inputs(inputs, INPUT_SUFFIXES + TEXT_SUFFIXES if config.kind == "text" else INPUT_SUFFIXES)
     kind = resolve_kind(config.kind, files)  # over all files, so that every part agrees
+    if kind == "text" and any(r.query_prefix or r.passage_prefix for r in config.source_rules.values()):
+        raise ValueError("the source rules set query/passage prefixes, which apply to query/passage pairs; plain "
+                         "documents (--kind text, the RetroMAE stage) take none: drop --source-rules here")
     mine = part_files(files, config.part, config.num_parts, config.split)
     empty = [path for path in mine if not has_records(path)]
     for path in empty:
@@ -125,11 +128,12 @@ def make_shards(inputs: list[str | Path], config: ShardConfig) -> Manifest:
         raise
     finally:
         results.close()  # stops the worker pool at once when the loop ends early
-    manifest = Manifest(shards=shards.close(), length_edges=config.edges, num_records=tally.num_records,
+    written = shards.close()
+    manifest = Manifest(shards=written, length_edges=config.edges, num_records=tally.num_records,
                         rejected=dict(tally.rejected), fixed=dict(tally.fixed),
                         reject_examples=tuple(tally.examples), tokenizer=tokenizer, inputs=tuple(mine),
                         parts=((config.part, config.num_parts),), duplicates=tally.duplicates(),
-                        root=config.out_dir)
+                        prompts=config.manifest_prompts(kind, {s.source for s in written}), root=config.out_dir)
     path = manifest.save(config.manifest_path())
     tally.report(force=True)
     print(f"wrote {len(manifest.shards)} shard(s), {manifest.num_samples:,} samples; rejected "

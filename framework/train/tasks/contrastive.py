@@ -1,7 +1,9 @@
 """Kind 'contrastive': the M3 loss (dense, sparse, multi-vector, self-distillation) on query/passage groups.
 
 Sections: loss (LossConfig), gather (cross-rank negatives), split_batch (sub-batch encoding). Stream:
-PairStream over pair shards, yielding `Batch`. Export: a BGE-M3 directory (framework/model/bge_format.py).
+PairStream over pair shards, yielding `Batch`. Export: a BGE-M3 directory (framework/model/bge_format.py)
+that saves the prompts the stage trained with (the shards', checked against data.source_rules), so that
+inference adds them too (M3Embedder.encode(is_query=...), sentence-transformers' prompt_name).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from framework.data.batch import Batch
+from framework.data.sources import export_prompts, stage_prompts
 from framework.data.stream import PairStream
 from framework.loss import all_zero_warnings, check_matryoshka_dims
 from framework.model import load_m3
@@ -64,6 +67,8 @@ class ContrastiveTask(StageTask):
 
     def __init__(self, run: RunConfig, stage: StageConfig, start_dir: Path):
         self.stage = stage
+        # Refuses rules whose prompts differ from the shards' before the model is even loaded.
+        self.prompts = stage_prompts(stage.data.source_rules, stage.data.manifest, stage.data.sources)
         self.model, self.tokenizer = load_m3(start_dir, dataclasses.replace(run.model, path=str(start_dir)))
         split = stage.split_batch
         self.objective = M3Objective(self.model, stage.loss, split.sub_batch, split.sub_batch_tokens,
@@ -80,7 +85,7 @@ class ContrastiveTask(StageTask):
         return all_zero_warnings(metrics, self.stage.loss.sparse_all_zero_warning)
 
     def export(self, out_dir: Path) -> Path:
-        return export_bge_m3(self.model, self.tokenizer, out_dir)
+        return export_bge_m3(self.model, self.tokenizer, out_dir, prompts=export_prompts(self.prompts))
 
 
 def _dense_width(model_path: str) -> int | None:
