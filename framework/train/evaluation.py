@@ -103,11 +103,14 @@ def logged_metrics(results: dict) -> dict[str, float]:
 class LiveEvaluation:
     """The stage's benchmark on the live weights of the model training updates, without an export."""
 
-    def __init__(self, stage: StageConfig, live: M3Model, tokenizer, device: torch.device):
+    def __init__(self, stage: StageConfig, live: M3Model, tokenizer, device: torch.device,
+                 prompts: dict[str, str] | None = None):
         from framework.evaluate import load_benchmark
         from framework.evaluate.config import BASE_MODES, MODE_HEADS
 
         self.live, self.tokenizer, self.device = live, tokenizer, device
+        # The prompts the export will save: the live weights are scored as the exported model will be.
+        self.prompts = dict(prompts or {})
         heads = {head for head in ("dense", "sparse", "colbert") if getattr(live.cfg, head)}
         # BM25 does not depend on the weights: computed every time it would only cost.
         modes = stage.evaluate.modes or tuple(m for m in BASE_MODES if m != "bm25" and set(MODE_HEADS[m]) <= heads)
@@ -125,7 +128,7 @@ class LiveEvaluation:
             if self.replica is None:
                 self.replica = build_replica(self.live, self.device)
             load_weights(self.live, self.replica)
-            embedder = M3Embedder(self.replica, self.tokenizer, self.device)
+            embedder = M3Embedder(self.replica, self.tokenizer, self.device, self.prompts)
             return evaluate(embedder, self.benchmark, self.cfg, shard=Shard(rank(), world_size(), all_gather_object))
 
 
@@ -138,7 +141,7 @@ class TrainingEvaluation:
     def __init__(self, stage: StageConfig, task, device: torch.device, tracker: NullTracker, exports: Path):
         cfg = stage.evaluate
         self.stage, self.every, self.tracker, self.task = stage.name, cfg.every_steps, tracker, task
-        self.live = LiveEvaluation(stage, task.model, task.tokenizer, device)
+        self.live = LiveEvaluation(stage, task.model, task.tokenizer, device, task.inference_prompts)
         self.score_name = None
         if cfg.best_metric is not None:
             mode, metric = cfg.best_key()

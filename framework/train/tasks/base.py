@@ -19,6 +19,8 @@ else that is kind-specific):
     warnings    console warnings about a logging window's metrics (rank 0 prints them at the log step)
     evaluates_in_training  whether `evaluate.every_steps` applies: the kind trains an M3Model, `model`,
                 whose live weights framework/train/evaluation.py evaluates
+    inference_prompts  the named prompts (name -> text) the export saves and inference puts before texts,
+                so evaluation during training uses them too ({}: none, the default)
 
 Batches go in by name (engine(batch=..., step=...) or keyword tensors), never as a tuple whose order
 has to match a forward signature.
@@ -26,8 +28,9 @@ has to match a forward signature.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import nn
@@ -52,6 +55,8 @@ class StageTask(ABC):
     """Model + loss: the module DeepSpeed wraps and checkpoints."""
     tokenizer: Any
     """The HF tokenizer the stream encodes with (and the export ships)."""
+    inference_prompts: Mapping[str, str] = MappingProxyType({})
+    """Named prompts of the trained model (framework/data/sources.py export_prompts); none by default."""
 
     @classmethod
     def check(cls, stage: StageConfig, run: RunConfig) -> None:

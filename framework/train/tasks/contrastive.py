@@ -69,6 +69,7 @@ class ContrastiveTask(StageTask):
         self.stage = stage
         # Refuses rules whose prompts differ from the shards' before the model is even loaded.
         self.prompts = stage_prompts(stage.data.source_rules, stage.data.manifest, stage.data.sources)
+        self.inference_prompts = export_prompts(self.prompts)
         self.model, self.tokenizer = load_m3(start_dir, dataclasses.replace(run.model, path=str(start_dir)))
         split = stage.split_batch
         self.objective = M3Objective(self.model, stage.loss, split.sub_batch, split.sub_batch_tokens,
@@ -85,7 +86,7 @@ class ContrastiveTask(StageTask):
         return all_zero_warnings(metrics, self.stage.loss.sparse_all_zero_warning)
 
     def export(self, out_dir: Path) -> Path:
-        return export_bge_m3(self.model, self.tokenizer, out_dir, prompts=export_prompts(self.prompts))
+        return export_bge_m3(self.model, self.tokenizer, out_dir, prompts=self.inference_prompts)
 
 
 def _dense_width(model_path: str) -> int | None:
