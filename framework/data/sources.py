@@ -153,12 +153,6 @@ def default_if_none(value, default):
     return default if value is None else value
 
 
-def sets_prompts(rules: Mapping[str, SourceRules]) -> bool:
-    """Whether any entry sets a prompt field (batch rules alone do not)."""
-    return any(getattr(r, name) is not None for r in rules.values()
-               for name in ("query_prefix", "passage_prefix", "record_prompt"))
-
-
 def check_manifest_prompts(rules: Mapping[str, SourceRules], made: Mapping[str, Prompts], sources,
                            manifest_path, where: str = "data.source_rules") -> dict[str, Prompts]:
     """Per source of `sources`: the prompts its shards were made with (`made`, from the manifest), after
@@ -237,15 +231,17 @@ def stage_prompts(rules: Mapping[str, SourceRules], manifest_path, sources=()) -
 def export_prompts(by_source: Mapping[str, Prompts]) -> dict[str, str]:
     """The named prompts an export saves (sentence-transformers' `prompts`, M3Embedder's `prompt_name`).
 
-    One prefix pair for every source trained on: {"query": ..., "passage": ...} ({} when both are empty,
-    as BGE-M3 ships). Sources with different prefixes: "<source>/query" and "<source>/passage" per source.
-    A record's own prompt is per record: inference passes it as `prompt=`.
+    One prefix pair for every source trained on: {"query": q, "document": p, "passage": p} ({} when both
+    are empty, as BGE-M3 ships): sentence-transformers' encode_query / encode_document take "query" and
+    "document" (which it otherwise fills with ""), "passage" is the mE5 name. Sources with different
+    prefixes: "<source>/query" and "<source>/document" per source, and no default (evaluation then needs
+    --query-prompt / --passage-prompt). A record's own prompt is per record: inference passes it as `prompt=`.
     """
     pairs = {(p.query_prefix, p.passage_prefix) for p in by_source.values()}
     if len(pairs) == 1:
         query, passage = pairs.pop()
-        return {"query": query, "passage": passage} if query or passage else {}
+        return {"query": query, "document": passage, "passage": passage} if query or passage else {}
     named = {}
     for source, p in sorted(by_source.items()):
-        named[f"{source}/query"], named[f"{source}/passage"] = p.query_prefix, p.passage_prefix
+        named[f"{source}/query"], named[f"{source}/document"] = p.query_prefix, p.passage_prefix
     return named

@@ -74,7 +74,7 @@ def save_m3(model: M3Model, tokenizer, out_dir: str | os.PathLike,
 
     `state_dict` (full M3Model keys) overrides the module's own parameters: under ZeRO-3 each rank holds
     only a shard, so the caller passes the gathered state (writing the module would save empty tensors,
-    the reference's known ZeRO-3 bug). `prompts` (name -> text, e.g. {"query": "query: ", "passage":
+    the reference's known ZeRO-3 bug). `prompts` (name -> text, e.g. {"query": "query: ", "document":
     "passage: "}) are saved as sentence-transformers' prompts, which M3Embedder reads as well.
     """
     out_dir = Path(out_dir)

@@ -10,7 +10,7 @@ transformers, sentence-transformers and text-embeddings-inference alike:
     sentence_bert_config.json           max_seq_length (the encoder's position limit), do_lower_case, and
                                         the encoder built without a pooler (as load_m3 builds it)
     config_sentence_transformers.json   cosine similarity and the named prompts the model was trained with
-                                        ({} as BGE-M3 ships; {"query": "query: ", "passage": "passage: "}
+                                        ({} as BGE-M3 ships; {"query": "query: ", "document": "passage: ", ...}
                                         for mE5-style prefixes: framework/data/sources.py export_prompts),
                                         which SentenceTransformer.encode(prompt_name=...) and M3Embedder
                                         (framework/inference) both read; no default prompt

@@ -19,7 +19,7 @@ from framework.config import to_dict
 from framework.data.manifest import load_manifest
 from framework.evaluate.report import mode_table, task_table
 from framework.model.bge_format import HEAD_FILES
-from framework.model.st_layout import read_st_layout
+from framework.model.st_layout import read_prompts, read_st_layout
 
 if TYPE_CHECKING:  # framework.train.config imports the stage kinds, whose exports import this module
     from framework.train.config import RunConfig, StageConfig
@@ -204,10 +204,22 @@ def usage(model_dir: Path) -> str:
     parts = ["## Usage", "Replace the path by the directory's new place (or its Hub id) after moving it."]
     if not all((folder / f).is_file() for f in HEAD_FILES.values()):
         return "\n\n".join(parts + [ENCODER_USAGE.format(**fill)])
+    prompts = read_prompts(folder)
+    if prompts:
+        parts.append(prompts_note(prompts))
     parts.append(FLAG_USAGE.format(**fill))
     if read_st_layout(folder) is not None:
         parts.append(ST_USAGE.format(**fill))
     return "\n\n".join(parts + [OUR_USAGE.format(**fill)])
+
+
+def prompts_note(prompts: dict[str, str]) -> str:
+    """Which texts the model was trained with before its queries and passages, and who adds them."""
+    listed = ", ".join(f"`{name}`: {json.dumps(text, ensure_ascii=False)}" for name, text in sorted(prompts.items()))
+    return (f"Prompts: this model was trained with texts put before its inputs ({listed}). "
+            "`M3Embedder.encode(..., is_query=True / False)` and sentence-transformers' `encode_query` / "
+            "`encode_document` (or `prompt_name=`) add them; FlagEmbedding's `BGEM3FlagModel` and TEI do not: "
+            "put them before the texts yourself there.")
 
 
 def markdown(header: list[str], rows: list[list[str]]) -> str:
