@@ -15,6 +15,7 @@ import torch
 import torch.multiprocessing as mp
 from transformers import AutoTokenizer
 
+from framework.config import from_dict
 from framework.data.batch import Batch
 from framework.data.config import DataConfig, StreamConfig
 from framework.data.dedup import NO_HASH, ids_hash
@@ -181,8 +182,10 @@ def test_rules_resolve_per_source_and_bad_rules_name_the_fix(tmp_path: Path) -> 
     assert batch_rules(rules, "nli") == batch_rules({"nli": SourceRules(False, True)}, "nli")
     assert (batch_rules(rules, "nli").in_batch_negatives, batch_rules(rules, "web").mask_duplicates) == (False, False)
     assert batch_rules({}, "web").in_batch_negatives and batch_rules({}, "web").mask_duplicates
-    data = DataConfig.expand_config({"manifest": "m.json", "source_rules": str(path)})
-    assert DataConfig(**data).source_rules == rules
+    # A run config's data.source_rules: the same file (or the mapping itself).
+    assert from_dict(DataConfig, {"manifest": "m.json", "source_rules": str(path)}).source_rules == rules
+    assert from_dict(DataConfig, {"manifest": "m.json", "source_rules": {"nli": {"in_batch_negatives": False}}}
+                     ).source_rules == {"nli": SourceRules(in_batch_negatives=False)}
     with pytest.raises(ValueError, match="no source name"):
         DataConfig(manifest="m.json", source_rules={"bad name": SourceRules()})
     with pytest.raises(ValueError, match="group_size >= 2"):

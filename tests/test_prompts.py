@@ -239,3 +239,45 @@ def test_the_model_card_says_which_prompts_to_add(prompted_export: Path) -> None
     text = usage(prompted_export)
     assert '`document`: "passage: ", `passage`: "passage: ", `query`: "query: "' in text and "encode_query" in text
     assert text.index("Prompts:") < text.index("BGEM3FlagModel(")
+
+
+def _stage_config(tmp_path: Path, model_dir: Path, manifest: Path, source_rules: dict) -> dict:
+    from tests.train_scenarios import run_config
+
+    cfg = run_config(tmp_path / "run", model_dir, manifest, tracking_uri=None)
+    data = cfg["stages"][0]["data"]
+    data.update(group_size=3, source_rules=source_rules)
+    return cfg
+
+
+def test_a_stage_asking_for_other_prompts_is_refused_before_any_step(prompted_shards, tiny_model_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    from framework.config import from_dict
+    from framework.train.config import RunConfig
+    from framework.train.preflight import PreflightError, check_run
+
+    tmp, _ = prompted_shards
+    manifest = tmp / "tok" / "manifest.json"
+    wrong = from_dict(RunConfig, _stage_config(tmp_path, tiny_model_dir, manifest, {"web": {"passage_prefix": ""}}))
+    with pytest.raises(PreflightError, match=r"stages\.warmup: data\.source_rules\.web gives source 'web' "
+                                             r"query_prefix='query: ', passage_prefix=''"):
+        check_run(wrong, done={}, point=None, world=1)
+    right = _stage_config(tmp_path, tiny_model_dir, manifest, {"nli": {"in_batch_negatives": False}})
+    check_run(from_dict(RunConfig, right), done={}, point=None, world=1)
+
+
+@pytest.mark.slow
+def test_training_saves_the_shards_prompts_with_the_export(prompted_shards, tiny_model_dir: Path,
+                                                          tmp_path: Path) -> None:
+    """A real stage (DeepSpeed, one process) over both sources mixed in its batches, nli without in-batch
+    negatives: the export names each source's prompts (they differ) and the duplicates masked are logged."""
+    from tests.test_train import _drive
+
+    tmp, rules = prompted_shards
+    cfg = _stage_config(tmp_path, tiny_model_dir, tmp / "tok" / "manifest.json", {"nli": {"in_batch_negatives": False}})
+    _drive([cfg], tmp_path)
+    nli, web = (prompts_for(load_source_rules(rules), s) for s in ("nli", "web"))
+    assert read_prompts(tmp_path / "run" / "exports" / "warmup") == {
+        "nli/query": nli.query_prefix, "nli/document": "passage: ", "web/query": "query: ", "web/document": "passage: "}
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("masked_duplicates" in row for row in logged)

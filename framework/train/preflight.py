@@ -3,7 +3,8 @@ stages 1 and 2 trained. All problems come in one PreflightError, numbered.
 
     start model   model.path (or the export of the last finished stage) exists
     per stage     its manifest loads (shards exist), its sources exist, its batch table fits the manifest's
-                  buckets at this world size, the DeepSpeed config resolves, its benchmark exists
+                  buckets at this world size, the DeepSpeed config resolves, its benchmark exists, and a
+                  contrastive stage's data.source_rules ask for the prompts its shards were made with
     tokenizer     the manifest's tokenizer is the model's: the sha256 the shard writer recorded
                   (framework/data/manifest.py: tokenizer_identity) against the model's tokenizer file, then,
                   when only the bytes differ, the two vocabularies; pre-tokenised shards of another
@@ -22,6 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from framework.data.manifest import Manifest, TokenizerInfo, file_sha256, load_manifest, tokenizer_identity
+from framework.data.sources import stage_prompts
 from framework.train.attempts import breaking_changes, config_changes, plain, previous_config
 from framework.train.batching import plan_batches
 from framework.train.checkpoint import ResumePoint
@@ -91,6 +93,11 @@ def _check_stage(cfg: RunConfig, stage: StageConfig, world: int, model_dirs: lis
                         f"{sorted(manifest.samples_by_source())})")
     if model_dirs:
         problems += _tokenizer_problems(cfg, stage, manifest, model_dirs)
+    if stage.kind == "contrastive":  # pair shards: the stage's prompts must be the ones they were made with
+        try:
+            stage_prompts(stage.data.source_rules, stage.data.manifest, stage.data.sources)
+        except ValueError as err:
+            problems.append(f"stages.{stage.name}: {err}")
     try:
         plan = plan_batches(stage, world, manifest.length_edges)
         precision = resolve_precision(cfg.engine.precision)
