@@ -198,7 +198,7 @@ def test_resumable_loader_state_round_trip_across_epochs(tmp_path, tok):
     it = iter(first)
     seen = [next(it).keys for _ in range(steps_per_epoch + 3)]  # into the second epoch
     saved = first.state_dict()
-    assert saved == {"epoch": 1, "batches": 3}
+    assert saved == {"epoch": 1, "batches": 3, "world_size": 1, "num_workers": 2, "layouts": []}
     more = [next(it).keys for _ in range(4)]
     second = ResumableLoader(make)
     second.load_state_dict(saved)

@@ -15,6 +15,8 @@ workers, batch sizes), so every rank computes the same plan without talking to t
 * Coverage. Each sample is read by one slot at most once per epoch. What a slot cannot turn into a whole
   lock-step batch (less than one batch + one sample per slot and stream) waits for the next epoch, where
   the shard order and so the ranges change; `Plan.num_left_over` reports it.
+* Another layout. A resume on another number of ranks or workers re-splits what the epoch has left
+  (framework/data/resplit.py): a slot's share is then a list of `Piece`s of the first layout's read orders.
 """
 from __future__ import annotations
 
@@ -48,6 +50,18 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class Piece:
+    """Positions [start, start + count) of the read order of one slot of the epoch's first layout."""
+
+    slot: int
+    """That slot's index (rank * workers + worker in the first layout): its windows' shuffle seeds."""
+    segments: tuple[Segment, ...]
+    """That slot's segments (what its read order shuffles)."""
+    start: int
+    count: int
+
+
+@dataclass(frozen=True)
 class StreamPlan:
     """One stream's share for one slot in one epoch."""
 
@@ -59,6 +73,8 @@ class StreamPlan:
     """What this slot reads, in order."""
     num_batches: int
     """Lock-step batches this slot yields from the stream."""
+    pieces: tuple[Piece, ...] = ()
+    """After a re-split (resplit.py): what this slot reads, in order, instead of its own `segments`."""
 
 
 def derive_seed(*parts) -> int:
@@ -139,10 +155,37 @@ def build_slot_plan(shards: list[ShardRef], batch_sizes: dict[int, int], rank: i
         n = lockstep_batches(total, batch, worker, num_workers, world_size)
         streams[key] = StreamPlan(key, batch, segments_of(ordered, start, end), n)
         counts[key] = (n, end - start - n * batch)
+    return SlotPlan(streams, schedule(streams, derive_seed(seed, epoch, "steps", worker)),
+                    sum(left for _, left in counts.values()))
+
+
+def schedule(streams: dict[tuple, StreamPlan], rng_seed: int) -> tuple[tuple, ...]:
+    """A worker's batch sequence: each stream key as often as its lock-step batches, in a seeded order."""
     keys = sorted(k for k in streams if streams[k].num_batches)
     order = np.repeat(np.arange(len(keys)), [streams[k].num_batches for k in keys])
-    np.random.default_rng(derive_seed(seed, epoch, "steps", worker)).shuffle(order)
-    return SlotPlan(streams, tuple(keys[i] for i in order), sum(left for _, left in counts.values()))
+    np.random.default_rng(rng_seed).shuffle(order)
+    return tuple(keys[i] for i in order)
+
+
+def resume_roles(schedule_lengths: list[int], batches: int) -> tuple[list[int], list[int | None]]:
+    """After `batches` steps of DataLoader's round-robin over the plan's workers ("roles"): how many
+    batches each role has yielded, and which role each worker of a fresh DataLoader must play.
+
+    A fresh DataLoader starts its round-robin at worker 0, so the live roles are rotated to start at
+    the one whose turn is next; workers left without a role yield nothing and drop out at once.
+    """
+    num = len(schedule_lengths)
+    done, pointer = [0] * num, 0
+    for _ in range(batches):
+        live = [r for r in range(num) if done[r] < schedule_lengths[r]]
+        if not live:
+            raise ValueError(f"resume position {batches} is past the end of the epoch")
+        role = next(r for r in [(pointer + i) % num for i in range(num)] if r in live)
+        done[role] += 1
+        pointer = (role + 1) % num
+    order = [(pointer + i) % num for i in range(num)]
+    roles: list[int | None] = [r for r in order if done[r] < schedule_lengths[r]]
+    return done, roles + [None] * (num - len(roles))
 
 
 def _check_plan_args(rank, world_size, worker, num_workers, batch_sizes, shards, mix_sources,

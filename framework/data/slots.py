@@ -94,14 +94,28 @@ class SlotReader:
         self.budget.add_bad(reason, f"{shard}:{example}", detail)
 
     def _samples(self, sp: StreamPlan, start: int) -> Iterator:
-        """The slot's samples (or Lost markers) of one stream from position `start`, shuffled in fixed
-        windows: a window's order depends only on (seed, epoch, stream, slot, window start)."""
-        total, window = sum(seg.count for seg in sp.segments), self.cfg.data.shuffle_window
+        """The slot's samples (or Lost markers) of one stream from position `start` of its share: its own
+        read order, or after a re-split the pieces of the first layout's read orders (plan.Piece)."""
+        if not sp.pieces:
+            yield from self._read_order(sp.key, sp.segments, self.slot, start)
+            return
+        offset = 0
+        for piece in sp.pieces:
+            if start < offset + piece.count:
+                skip = max(start - offset, 0)
+                order = self._read_order(sp.key, piece.segments, piece.slot, piece.start + skip)
+                yield from itertools.islice(order, piece.count - skip)
+            offset += piece.count
+
+    def _read_order(self, key: tuple, segments: tuple[Segment, ...], slot: int, start: int) -> Iterator:
+        """A slot's segments from position `start` of its read order, shuffled in fixed windows: a window's
+        order depends only on (seed, epoch, stream, slot, window start)."""
+        total, window = sum(seg.count for seg in segments), self.cfg.data.shuffle_window
         first = start - start % window
-        positions = self._positions(sp.segments, first)
+        positions = self._positions(segments, first)
         for lo in range(first, total, window):
             part = list(itertools.islice(positions, min(lo + window, total) - lo))
-            rng = np.random.default_rng(derive_seed(self.cfg.seed, self.epoch, "window", *sp.key, self.slot, lo))
+            rng = np.random.default_rng(derive_seed(self.cfg.seed, self.epoch, "window", *key, slot, lo))
             order = rng.permutation(len(part))
             for i in order[start - lo:] if lo == first else order:
                 yield part[i]

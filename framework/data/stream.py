@@ -8,7 +8,8 @@ contract): pairs -> groups -> `Batch` (pairs.py, `PairStream`), documents -> `Te
 
 Run a stream in a DataLoader with `batch_size=None` and exactly `data.num_workers` workers (0 means the
 main process is the only worker), so that DataLoader's round-robin over workers is the order the plan
-assumes (framework/data/plan.py). Position state is tiny and exact: (epoch, batches consumed).
+assumes (framework/data/plan.py). Position state is tiny and exact: (epoch, batches consumed), plus the
+earlier layouts of the epoch when a resume changed the ranks or workers (framework/data/resplit.py).
 """
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ from framework.data.decode import SampleDecoder, Validate
 from framework.data.integrity import size_mismatches
 from framework.data.manifest import load_manifest
 from framework.data.pairs import PairDecoder
-from framework.data.plan import ShardRef, SlotPlan, build_slot_plan
+from framework.data.plan import ShardRef, SlotPlan, build_slot_plan, resume_roles  # noqa: F401 -- resume_roles: its old home
 from framework.data.records import check_shard_record
+from framework.data.resplit import Layout, relaid_plans
 from framework.data.slots import SlotReader
 
 log = logging.getLogger(__name__)
@@ -38,28 +40,10 @@ class StreamState:
 
     epoch: int = 0
     batches: int = 0
-    """Batches of this epoch already consumed by the trainer (counted in the main process)."""
-
-
-def resume_roles(schedule_lengths: list[int], batches: int) -> tuple[list[int], list[int | None]]:
-    """After `batches` steps of DataLoader's round-robin over the plan's workers ("roles"): how many
-    batches each role has yielded, and which role each worker of a fresh DataLoader must play.
-
-    A fresh DataLoader starts its round-robin at worker 0, so the live roles are rotated to start at
-    the one whose turn is next; workers left without a role yield nothing and drop out at once.
-    """
-    num = len(schedule_lengths)
-    done, pointer = [0] * num, 0
-    for _ in range(batches):
-        live = [r for r in range(num) if done[r] < schedule_lengths[r]]
-        if not live:
-            raise ValueError(f"resume position {batches} is past the end of the epoch")
-        role = next(r for r in [(pointer + i) % num for i in range(num)] if r in live)
-        done[role] += 1
-        pointer = (role + 1) % num
-    order = [(pointer + i) % num for i in range(num)]
-    roles: list[int | None] = [r for r in order if done[r] < schedule_lengths[r]]
-    return done, roles + [None] * (num - len(roles))
+    """Batches of this epoch already consumed by the trainer under the current layout (counted in the main
+    process)."""
+    layouts: tuple[Layout, ...] = ()
+    """Earlier layouts of this epoch (ranks x workers), oldest first: the current one re-splits what they left."""
 
 
 def manifest_shards(manifest_path, cfg: StreamConfig, rank: int) -> list[ShardRef]:
@@ -94,6 +78,7 @@ class SlotStream(IterableDataset):
                  world_size: int, state: StreamState = StreamState()):
         self.shards, self.cfg, self.decoder = shards, cfg, decoder
         self.rank, self.world_size, self.state = rank, world_size, state
+        self._relaid: list[SlotPlan] | None = None
 
     @property
     def num_workers(self) -> int:
@@ -101,10 +86,18 @@ class SlotStream(IterableDataset):
         return max(self.cfg.data.num_workers, 1)
 
     def plan(self, worker: int) -> SlotPlan:
+        if self.state.layouts:
+            if self._relaid is None:
+                self._relaid = relaid_plans(self._fresh_plan, self.cfg.batch_sizes, self.world_size, self.num_workers,
+                                            self.state.layouts, self.cfg.seed, self.state.epoch)
+            return self._relaid[self.rank * self.num_workers + worker]
+        return self._fresh_plan(self.rank, self.world_size, worker, self.num_workers, self.cfg.batch_sizes)
+
+    def _fresh_plan(self, rank: int, world_size: int, worker: int, num_workers: int,
+                    batch_sizes: dict[int, int]) -> SlotPlan:
         data = self.cfg.data
-        return build_slot_plan(self.shards, self.cfg.batch_sizes, self.rank, self.world_size, worker,
-                               self.num_workers, self.cfg.seed, self.state.epoch, data.mix_sources,
-                               dict(data.source_weights) or None)
+        return build_slot_plan(self.shards, batch_sizes, rank, world_size, worker, num_workers, self.cfg.seed,
+                               self.state.epoch, data.mix_sources, dict(data.source_weights) or None)
 
     def schedule_lengths(self) -> list[int]:
         return [len(self.plan(w).schedule) for w in range(self.num_workers)]
@@ -160,25 +153,47 @@ class ResumableLoader:
 
     Counting happens here, in the main process, on batches the trainer actually received: batches that
     DataLoader workers prefetched but nobody consumed are not part of the state, so a resumed run
-    re-reads them.
+    re-reads them. The state names the layout (ranks, workers) it was counted under; loading a state of
+    another layout continues the epoch re-split for this one (framework/data/resplit.py).
     """
 
     def __init__(self, make_stream: Callable[[StreamState], SlotStream], **loader_kwargs):
         self.make_stream, self.loader_kwargs, self.state = make_stream, loader_kwargs, StreamState()
+        self._layout: tuple[int, int] | None = None
+
+    @property
+    def layout(self) -> tuple[int, int]:
+        """(world size, workers per rank) of the streams make_stream builds."""
+        if self._layout is None:
+            probe = self.make_stream(StreamState())
+            self._layout = (probe.world_size, probe.num_workers)
+        return self._layout
 
     def state_dict(self) -> dict:
-        return {"epoch": self.state.epoch, "batches": self.state.batches}
+        world_size, num_workers = self.layout
+        return {"epoch": self.state.epoch, "batches": self.state.batches, "world_size": world_size,
+                "num_workers": num_workers,
+                "layouts": [[x.world_size, x.num_workers, x.batches] for x in self.state.layouts]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.state = StreamState(int(state["epoch"]), int(state["batches"]))
+        """A saved state; one without its layout (written before layouts were kept) is taken as this layout's."""
+        layouts = tuple(Layout(*map(int, x)) for x in state.get("layouts", ()))
+        saved = (int(state.get("world_size", self.layout[0])), int(state.get("num_workers", self.layout[1])))
+        batches = int(state["batches"])
+        if saved != self.layout and batches:
+            layouts, batches = layouts + (Layout(*saved, batches),), 0
+        self.state = StreamState(int(state["epoch"]), batches, layouts)
 
     def __iter__(self) -> Iterator:
         while True:
             stream = self.make_stream(self.state)
             if not any(stream.schedule_lengths()):
-                raise DataError("the stream plans no batch at all: batch sizes exceed what each rank's share "
-                                "of the shards holds; lower the batch sizes or add data")
+                if not self.state.layouts:
+                    raise DataError("the stream plans no batch at all: batch sizes exceed what each rank's share "
+                                    "of the shards holds; lower the batch sizes or add data")
+                log.info("epoch %d: what the earlier layouts left makes no whole batch at this one; next epoch",
+                         self.state.epoch)
             for batch in loader(stream, **self.loader_kwargs):
-                self.state = StreamState(self.state.epoch, self.state.batches + 1)
+                self.state = StreamState(self.state.epoch, self.state.batches + 1, self.state.layouts)
                 yield batch
             self.state = StreamState(self.state.epoch + 1, 0)
