@@ -5,10 +5,13 @@
 
 A resume in the middle of a stage continues its data stream at a position (epoch, batches) and loads
 model and optimizer states. Changes that make that position mean other samples (the stage's shards,
-sources, batch table, accumulation, workers, shuffle window, the seed) or that do not fit the saved states
+sources, batch table, accumulation, shuffle window, the seed) or that do not fit the saved states
 (frozen parameters, heads, decoder shape) are refused; every other change (learning rate, loss weights,
-group size, later stages, logging) is allowed and printed as a diff. The world size and DeepSpeed's ZeRO
-stage and precision are checked against the checkpoint itself (framework/train/preflight.py).
+group size, data.num_workers, later stages, logging) is allowed and printed as a diff. Another number of
+workers, like another world size, continues the epoch re-split for the new layout
+(framework/data/resplit.py). The world size is not part of the config: it is checked against the
+checkpoint itself, as DeepSpeed's ZeRO stage and precision are (framework/train/preflight.py, reshape.py:
+allowed at ZeRO 0-3 when the global batch stays).
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from framework.config import flatten, to_dict
 ATTEMPT_PATTERN = re.compile(r"config-attempt-(\d+)\.yaml$")
 # Keys of the resumed stage (below stages.<name>.) that move its data position.
 STREAM_KEYS = ("kind", "accumulation", "data.manifest", "data.sources", "data.source_weights", "data.mix_sources",
-               "data.num_workers", "data.shuffle_window", "data.buckets")
+               "data.shuffle_window", "data.buckets")
 # Keys of the resumed stage whose saved states would not fit a changed value.
 STATE_KEYS = ("freeze", "retromae.decoder_layers", "retromae.decoder_heads", "retromae.decoder_intermediate_size",
               "retromae.tie_word_embeddings")

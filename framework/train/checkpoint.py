@@ -18,6 +18,7 @@ newer one is complete, keeping `keep_last`. File loads never unpickle code (chec
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ from framework.parallel import all_gather_object, barrier, broadcast_object, is_
 from framework.train.checkpoint_io import (UnreadableCheckpoint, UnsafeCheckpoint, WriteFailure,
                                            describe_write_failure, fsync_dir, install, load_rng_state, save_tensors,
                                            write_durably)
+from framework.train.reshape import WorldChange, drop_universal_copy, reseed, universal_copy, weights_only_loads
 
 log = logging.getLogger(__name__)
 COMPLETE = "COMPLETE"
@@ -185,25 +187,37 @@ class Checkpoints:
                 shutil.rmtree(old, ignore_errors=True)
 
     # ---- loading --------------------------------------------------------------------------------------
-    def load(self, engine, point: ResumePoint) -> dict:
+    def load(self, engine, point: ResumePoint, change: WorldChange | None = None, rng_parts: tuple = ()) -> dict:
         """Restore engine, optimizer and schedule states and this rank's RNG; returns the client state.
-        Nothing is unpickled beyond tensors, plain values and DeepSpeed's own data classes."""
+        Nothing is unpickled beyond tensors, plain values and DeepSpeed's own data classes. With `change`
+        (other ranks wrote it: framework/train/reshape.py) partitioned states load from a universal copy
+        and the RNG is seeded from `rng_parts` and this rank."""
         install(engine)
         rng_file = point.path / f"rng-rank{rank()}.pt"
+        universal = change is not None and engine.zero_optimization_stage() > 0
+        source = universal_copy(point.path) if universal else point.path
         try:
-            loaded, client_state = engine.load_checkpoint(str(self.stage_dir(point.stage)), tag=point.tag,
-                                                          load_optimizer_states=True, load_lr_scheduler_states=True)
+            with weights_only_loads() if universal else contextlib.nullcontext():
+                loaded, client_state = engine.load_checkpoint(str(source.parent), tag=source.name,
+                                                              load_optimizer_states=True,
+                                                              load_lr_scheduler_states=True)
             if loaded is None:
-                raise UnreadableCheckpoint(f"DeepSpeed could not load {point.path}")
-            if not rng_file.is_file():
+                raise UnreadableCheckpoint(f"DeepSpeed could not load {source}")
+            if change is not None:
+                reseed(*rng_parts, rank())
+            elif not rng_file.is_file():
                 raise ValueError(f"{rng_file} is missing: the checkpoint was written by fewer ranks; resume with "
                                  "the same number of ranks it was written with")
-            set_rng_state(load_rng_state(rng_file))
+            else:
+                set_rng_state(load_rng_state(rng_file))
         except (UnsafeCheckpoint, UnreadableCheckpoint) as err:
             previous = self.previous_good(point)
             hint = (f"the previous good checkpoint is {previous}: delete {point.path} to resume from it" if previous
                     else f"stage {point.stage} has no earlier checkpoint: delete {point.path} to start it over")
             raise ValueError(f"{err}; {hint}") from None
+        finally:
+            if universal:
+                drop_universal_copy(point.path)
         return client_state or {}
 
 

@@ -10,7 +10,8 @@ stages 1 and 2 trained. All problems come in one PreflightError, numbered.
                   when only the bytes differ, the two vocabularies; pre-tokenised shards of another
                   tokenizer are refused (their ids mean other pieces), text shards only warned about (their
                   length buckets were measured with it); checks.accept_tokenizers overrides
-    resume        the checkpoint's world size, ZeRO stage and precision; config changes since the previous
+    resume        the checkpoint's ZeRO stage and precision; on another world size, what it can continue with
+                  (framework/train/reshape.py); config changes since the previous
                   attempt that break the stage's data position or its states (framework/train/attempts.py)
 
 Stages already finished (exports/<stage>.done.json) are not checked again: their shards may be gone.
@@ -29,6 +30,7 @@ from framework.train.batching import plan_batches
 from framework.train.checkpoint import ResumePoint
 from framework.train.config import RunConfig, StageConfig
 from framework.train.engine import resolve_ds_config, resolve_precision
+from framework.train.reshape import world_change, world_change_problems
 
 log = logging.getLogger(__name__)
 
@@ -187,11 +189,10 @@ def _describe(directory: Path, max_length: int) -> str:
 
 def _check_checkpoint(cfg: RunConfig, point: ResumePoint, world: int, ds_config: dict | None) -> list[str]:
     problems = []
-    ranks = len(list(point.path.glob("rng-rank*.pt")))
-    if ranks and ranks != world:
-        problems.append(f"checkpoint {point.path} was written by {ranks} rank(s); this run has {world}. Resume with "
-                        f"{ranks} ranks (the data position and the ZeRO partitions depend on it), or start stage "
-                        f"{point.stage} over in a new output_dir")
+    change = world_change(point.path, world)
+    stage = next((s for s in cfg.stages if s.name == point.stage), None)
+    if change is not None and stage is not None:
+        problems += world_change_problems(stage, point.path, change, ds_config)
     saved_path = Path(cfg.output_dir) / "checkpoints" / point.stage / "deepspeed_config.json"
     if ds_config is not None and saved_path.is_file():
         saved = json.loads(saved_path.read_text())

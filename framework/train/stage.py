@@ -33,6 +33,7 @@ from framework.train.evaluation import TrainingEvaluation
 from framework.train.meter import Meter, Window, loss_lines, progress_line
 from framework.train.objective import ObjectiveOutput
 from framework.train.preemption import Preempted, PreemptionWatch
+from framework.train.reshape import world_change
 from framework.train.steps import PlannedStep, StepCounters, StepFeed, Verdict
 from framework.train.tasks import task_class
 
@@ -64,6 +65,11 @@ class StageRun:
         self.frozen = freeze(self.task.objective, stage.freeze)
         self.precision = resolve_precision(run.engine.precision)
         self.ds_config = resolve_ds_config(run.engine, self.plan, stage.optim, self.precision)
+        # Another world size than the checkpoint's: ZeRO's partitioned states load from a universal copy
+        # (reshape.py); ZeRO 0's whole states load as they are.
+        self.world_change = world_change(resume.path if resume else None, world_size())
+        if self.world_change is not None and self.ds_config["zero_optimization"].get("stage", 0) > 0:
+            self.ds_config.setdefault("checkpoint", {})["load_universal"] = True
         self.engine, self.updates, self.scheduler = build_engine(self.task.objective, stage.optim, self.plan,
                                                                  self.ds_config)
         self.zero_stage = self.ds_config["zero_optimization"].get("stage", 0)
@@ -86,10 +92,16 @@ class StageRun:
     def run(self) -> Path:
         client = None
         if self.resume is not None:
-            client = self.checkpoints.load(self.engine, self.resume)
+            change = self.world_change
+            client = self.checkpoints.load(self.engine, self.resume, change, (self.run_cfg.seed, self.index,
+                                                                              self.resume.tag))
             self.counters.load_state_dict(client.get("steps", client))  # (older checkpoints: top-level step)
-            self.feed.load_state_dict(client["data"])
-            log.info("resumed stage %s at step %d from %s", self.stage.name, self.counters.step, self.resume.path)
+            # A data position saved before it named its layout was counted by the checkpoint's ranks.
+            data = {"world_size": change.saved if change else world_size(), **client["data"]}
+            self.feed.load_state_dict(data)
+            log.info("resumed stage %s at step %d from %s%s", self.stage.name, self.counters.step, self.resume.path,
+                     f" (written by {change.saved} ranks, continued on {change.current}: the epoch's rest re-split)"
+                     if change else "")
         if self.evaluation is not None:
             self.evaluation.start(client.get("evaluation") if client else None, self.counters.step)
         self._start_tracking()
