@@ -81,3 +81,75 @@ def test_preflight_refuses_a_global_batch_that_changes_with_the_world_size(tmp_p
     message = str(caught.value)
     assert "written by 2 rank(s); this run has 1" in message and "another global batch" in message
     assert "Resume with 2 ranks" in message and "total_batch" in message
+
+
+# ---- real runs: 2 ranks -> 1, 1 rank -> 2 ---------------------------------------------------------------------
+STEPS, STOP = 6, 3
+
+
+def _env() -> dict:
+    return dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", TOKENIZERS_PARALLELISM="false",
+                PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
+
+
+def _drive(specs: list[dict], tmp_path: Path, nproc: int) -> None:
+    from framework.parallel import free_port
+
+    spec = tmp_path / f"spec-{time.monotonic_ns()}.json"
+    spec.write_text(json.dumps(specs))
+    script = str(REPO_ROOT / "tests" / "train_scenarios.py")
+    cmd = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+            str(free_port()), script, str(spec)] if nproc > 1 else [sys.executable, script, str(spec)])
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+
+
+def _observed(out: Path, world: int) -> list[list[dict]]:
+    """Per rank: the rows train_scenarios' observer wrote, in order."""
+    return [[json.loads(line) for line in (out / f"observed-rank{r}.jsonl").read_text().splitlines()]
+            for r in range(world)]
+
+
+def _check_resumed(out: Path, before: int, after: int) -> None:
+    """Steps 1..STOP on `before` ranks, STOP+1..STEPS on `after`; no sample trained on twice; the new
+    per-rank batch; re-derived seeds; the stage finished and the universal copy is gone."""
+    error = out / "error.txt"
+    assert not error.exists(), error.read_text()
+    assert (out / "exports" / "warmup.done.json").is_file()
+    rows = _observed(out, max(before, after))
+    first = [[row for row in rank if row["step"] <= STOP] for rank in rows[:before]]
+    rest = [[row for row in rank if row["step"] > STOP] for rank in rows[:after]]
+    assert all([r["step"] for r in rank] == list(range(1, STOP + 1)) for rank in first)
+    assert all([r["step"] for r in rank] == list(range(STOP + 1, STEPS + 1)) for rank in rest)
+    keys = [k for part in (first, rest) for rank in part for row in rank for micro in row["keys"] for k in micro]
+    assert len(keys) == len(set(keys)), "a sample was trained on twice"
+    assert len(keys) == 8 * STEPS                               # every step trained the whole global batch
+    assert all(len(micro) == 8 // after for rank in rest for row in rank for micro in row["keys"])
+    seeds = [rank[0]["seed"] for rank in rest]
+    assert len(set(seeds)) == after and not set(seeds) & {rank[0]["seed"] for rank in first}
+    assert sorted(losses(out)) == [("warmup", s) for s in range(1, STEPS + 1)]
+    assert not (out / "checkpoints" / "warmup" / "universal").exists()
+
+
+@pytest.mark.distributed
+def test_a_stage_checkpointed_on_two_ranks_resumes_on_one_and_back(tmp_path, tiny_model_dir, shards):
+    """2 -> 1 at ZeRO 0, 2 and 3 and 1 -> 2 at ZeRO 0 and 3: each run is stopped by a preemption notice at step 3
+    (checkpointed there) and resumed on the other world size. After the resume ZeRO 2 and 3 (loaded from the
+    universal copy) give the losses of ZeRO 0 (its whole states loaded as saved): the partitioned optimizer
+    states came back on the new ranks."""
+    def run(name: str, zero: int, stop: bool) -> dict:
+        cfg = _config(tmp_path / name, tiny_model_dir, shards, zero, steps=STEPS)
+        return dict(cfg, _observe={"preempt_at": STOP} if stop else {})
+
+    down, up = [("down0", 0), ("down2", 2), ("down3", 3)], [("up0", 0), ("up3", 3)]
+    _drive([run(n, z, True) for n, z in down], tmp_path, nproc=2)
+    _drive([run(n, z, False) for n, z in down] + [run(n, z, True) for n, z in up], tmp_path, nproc=1)
+    _drive([run(n, z, False) for n, z in up], tmp_path, nproc=2)
+    for names, before, after in (([n for n, _ in down], 2, 1), ([n for n, _ in up], 1, 2)):
+        for name in names:
+            _check_resumed(tmp_path / name, before, after)
+        base = losses(tmp_path / names[0])
+        for name in names[1:]:
+            other = losses(tmp_path / name)
+            for key in base:
+                assert other[key] == pytest.approx(base[key], rel=1e-4, abs=1e-5), (name, key)

@@ -9,11 +9,18 @@ A run dict may carry `"_poison": {"micro_steps": [...], "rank": r}`: a fault inj
 loss cannot be provoked at a chosen micro-batch any other way): the contrastive objective's loss becomes
 NaN at those micro-batch indices on rank r (every rank when r is null), so its backward gives NaN
 gradients as a real overflow would.
+
+`"_observe": {"preempt_at": k}` records what the test cannot see from outside: each rank appends, per
+optimizer step, the step, its micro-batches' sample keys and torch's initial seed to
+<output_dir>/observed-rank<r>.jsonl, and with `preempt_at` the run receives the preemption notice during
+step k (as SIGUSR1 would set it), so it checkpoints there and stops; the driver then goes on with the next
+run instead of exiting.
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,6 +79,35 @@ def poisoned(spec: dict | None):
         M3Objective.forward = original
 
 
+@contextmanager
+def observed(spec: dict | None, output_dir: Path, watch):
+    """Inside: StageRun records each step's sample keys and seeds, and asks to stop at spec['preempt_at']."""
+    if spec is None:
+        yield
+        return
+    import torch
+
+    from framework.parallel import rank
+    from framework.train.stage import StageRun
+
+    original = StageRun._forward_backward
+
+    def forward_backward(self, batches, step):
+        row = {"step": step, "keys": [list(b.keys) for b in batches], "seed": torch.initial_seed()}
+        with open(output_dir / f"observed-rank{rank()}.jsonl", "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        if step == spec.get("preempt_at"):
+            watch.received = int(signal.SIGUSR1)  # what PreemptionWatch's handler sets on SLURM's notice
+        return original(self, batches, step)
+
+    StageRun._forward_backward = forward_backward
+    try:
+        yield
+    finally:
+        StageRun._forward_backward = original
+        watch.received = None
+
+
 def main(spec_path: str) -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from framework.config import from_dict
@@ -88,15 +124,17 @@ def main(spec_path: str) -> None:
     watch = PreemptionWatch()
     try:
         for raw in json.loads(Path(spec_path).read_text()):
-            poison = raw.pop("_poison", None)
+            poison, observe = raw.pop("_poison", None), raw.pop("_observe", None)
             cfg = from_dict(RunConfig, raw)
             tracker = make_tracker(cfg.tracking.enabled, is_main(), cfg.tracking.uri, cfg.tracking.experiment,
                                    Path(cfg.output_dir))
             try:
-                with poisoned(poison):
+                with poisoned(poison), observed(observe, Path(cfg.output_dir), watch):
                     Trainer(cfg, tracker, evaluate=evaluate_stage, preemption=watch).train()
             except Preempted:
                 tracker.close("KILLED")
+                if observe is not None:
+                    continue  # stopped where the test asked: the next run goes on
                 shutdown()
                 sys.exit(PREEMPTED_EXIT)
             except Exception as err:  # recorded for the test to check; the next run still goes

@@ -35,7 +35,8 @@ from framework.parallel import all_gather_object, barrier, broadcast_object, is_
 from framework.train.checkpoint_io import (UnreadableCheckpoint, UnsafeCheckpoint, WriteFailure,
                                            describe_write_failure, fsync_dir, install, load_rng_state, save_tensors,
                                            write_durably)
-from framework.train.reshape import WorldChange, drop_universal_copy, reseed, universal_copy, weights_only_loads
+from framework.train.reshape import (WorldChange, drop_universal_copy, repair_zero3_load, reseed, universal_copy,
+                                     weights_only_loads)
 
 log = logging.getLogger(__name__)
 COMPLETE = "COMPLETE"
@@ -203,6 +204,8 @@ class Checkpoints:
                                                               load_lr_scheduler_states=True)
             if loaded is None:
                 raise UnreadableCheckpoint(f"DeepSpeed could not load {source}")
+            if universal:
+                repair_zero3_load(engine, source)
             if change is not None:
                 reseed(*rng_parts, rank())
             elif not rng_file.is_file():

@@ -53,8 +53,11 @@ def deepspeed_globals() -> list:
 def safe_load(path: str | os.PathLike, map_location=None, allow: list | None = None) -> Any:
     """torch.load with weights_only=True (plus `allow`). UnsafeCheckpoint names the file and the refused
     global; UnreadableCheckpoint names a damaged file."""
+    # Only what is not allowed yet: leaving the context removes its globals, also from an enclosing one
+    # (framework/train/reshape.py's weights_only_loads around DeepSpeed's universal loads).
+    already = torch.serialization.get_safe_globals()
     try:
-        with torch.serialization.safe_globals(list(allow or [])):
+        with torch.serialization.safe_globals([g for g in allow or [] if g not in already]):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL ([\w.]+)", str(err))

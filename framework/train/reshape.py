@@ -9,7 +9,9 @@ What depends on the world size, and what happens to it:
                     rank, and DeepSpeed refuses to load them on another world size; rank 0 converts the
                     checkpoint to DeepSpeed's universal format (deepspeed.checkpoint.ds_to_universal: one
                     file per parameter and state) under checkpoints/<stage>/universal/, every rank loads its
-                    new partition from it (ds config checkpoint.load_universal), and the copy is removed
+                    new partition from it (ds config checkpoint.load_universal), and the copy is removed;
+                    ZeRO-3's load gives every parameter group the first group's settings, which
+                    repair_zero3_load undoes, with a shared step counter
     RNG             per-rank states cannot be carried over to other ranks: each rank's Python, numpy and
                     torch generators are seeded from (run seed, stage, checkpoint tag, rank)
 
@@ -38,7 +40,7 @@ from framework.data.manifest import load_manifest
 from framework.data.plan import derive_seed
 from framework.parallel import barrier, broadcast_object, is_main
 from framework.train.batching import plan_batches
-from framework.train.checkpoint_io import deepspeed_globals
+from framework.train.checkpoint_io import deepspeed_globals, safe_load
 from framework.train.config import StageConfig
 
 log = logging.getLogger(__name__)
@@ -112,6 +114,26 @@ def universal_copy(tag_dir: Path) -> Path:
     if error is not None:
         raise ValueError(error + "\nResume with the number of ranks that wrote the checkpoint")
     return out
+
+
+def repair_zero3_load(engine, universal_dir: Path) -> None:
+    """Undo two slips of ZeRO-3's universal load (DeepSpeed 0.19): it gives every optimizer parameter group
+    the first group's settings (the no-decay group would decay), and one `step` tensor to every sub-group's
+    state (AdamW increments it in place, once per group and step: the bias correction runs ahead). ZeRO 1-2
+    restore both themselves."""
+    if engine.zero_optimization_stage() != 3:
+        return
+    saved = safe_load(universal_dir / "zero" / "optimizer_state.pt", allow=deepspeed_globals())
+    base = engine.optimizer.optimizer
+    groups = saved.get("param_groups") or []
+    if len(groups) != len(base.param_groups):
+        raise ValueError(f"{universal_dir}: {len(groups)} saved optimizer parameter groups, the engine has "
+                         f"{len(base.param_groups)}; resume with the number of ranks that wrote the checkpoint")
+    for group, before in zip(base.param_groups, groups):
+        group.update({key: value for key, value in before.items() if key != "params"})
+    for state in base.state.values():
+        if isinstance(state.get("step"), torch.Tensor):
+            state["step"] = state["step"].clone()
 
 
 def drop_universal_copy(tag_dir: Path) -> None:
