@@ -153,3 +153,34 @@ def test_a_stage_checkpointed_on_two_ranks_resumes_on_one_and_back(tmp_path, tin
             other = losses(tmp_path / name)
             for key in base:
                 assert other[key] == pytest.approx(base[key], rel=1e-4, abs=1e-5), (name, key)
+
+
+class Planted:
+    """A pickle that would create a file when unpickled."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_universal_loads_unpickle_no_code_and_keep_deepspeed_classes(tmp_path):
+    """DeepSpeed's universal loaders call torch.load(weights_only=False): inside weights_only_loads a planted
+    pickle is refused (it never runs), DeepSpeed's data classes still load, also after a nested safe_load."""
+    import torch
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+
+    from framework.train.checkpoint_io import safe_load
+    from framework.train.reshape import weights_only_loads
+
+    marker, planted, scaler = tmp_path / "pwned", tmp_path / "planted.pt", tmp_path / "scaler.pt"
+    torch.save({"x": Planted(marker)}, planted)
+    torch.save({"scaler": LossScaler(1.0)}, scaler)
+    with weights_only_loads():
+        with pytest.raises(Exception, match="Weights only load failed"):
+            torch.load(planted, weights_only=False)
+        assert isinstance(safe_load(scaler, allow=[LossScaler])["scaler"], LossScaler)
+        assert isinstance(torch.load(scaler, weights_only=False)["scaler"], LossScaler)  # still allowed here
+    assert not marker.exists()
+    assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ

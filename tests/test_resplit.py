@@ -112,3 +112,20 @@ def test_the_loader_records_its_layout_and_resplits_a_state_of_another(shards, t
     old = ResumableLoader(make(1))
     old.load_state_dict({"epoch": 0, "batches": 4})              # a state of before layouts were kept
     assert old.state == StreamState(0, 4)
+
+
+def test_a_layout_that_read_its_whole_epoch_leaves_only_its_left_over(shards, tok):
+    """Resumed after the last batch of the epoch on 2 ranks: 1 rank reads what the two ranks' left-overs
+    make together (possibly nothing), then the next epoch starts fresh; no DataError, no sample twice."""
+    two = [PairStream(shards, _cfg(2, 0), tok, r, 2, validate) for r in range(2)]
+    whole = _read(two)
+    loader_one = ResumableLoader(lambda state: PairStream(shards, _cfg(1, 0), tok, 0, 1, validate, state))
+    loader_one.load_state_dict({"epoch": 0, "batches": len(whole), "world_size": 2, "num_workers": 1, "layouts": []})
+    extra = []
+    for batch in loader_one:
+        if loader_one.state.epoch == 1:
+            break
+        extra.extend(batch.keys)
+    keys = [k for _, per_rank in whole for ks in per_rank for k in ks] + extra
+    assert len(keys) == len(set(keys))
+    assert loader_one.state == StreamState(1, 1)                 # the first batch of the next epoch was drawn
