@@ -92,7 +92,9 @@ def test_a_chain_of_layouts_and_a_resume_inside_the_last(shards, tok):
 
 
 def test_the_loader_records_its_layout_and_resplits_a_state_of_another(shards, tok):
-    make = lambda world: (lambda state: PairStream(shards, _cfg(world, 0), tok, 0, world, validate, state))  # noqa: E731
+    def make(world):
+        return lambda state: PairStream(shards, _cfg(world, 0), tok, 0, world, validate, state)
+
     two = ResumableLoader(make(2))
     it = iter(two)
     for _ in range(3):

@@ -26,7 +26,7 @@ from framework.data.decode import SampleDecoder, Validate
 from framework.data.integrity import size_mismatches
 from framework.data.manifest import load_manifest
 from framework.data.pairs import PairDecoder
-from framework.data.plan import ShardRef, SlotPlan, build_slot_plan, resume_roles  # noqa: F401 -- resume_roles: its old home
+from framework.data.plan import ShardRef, SlotPlan, build_slot_plan, resume_roles
 from framework.data.records import check_shard_record
 from framework.data.resplit import Layout, relaid_plans
 from framework.data.slots import SlotReader

@@ -143,7 +143,8 @@ def drop_universal_copy(tag_dir: Path) -> None:
         shutil.rmtree(tag_dir.parent / UNIVERSAL, ignore_errors=True)
 
 
-def world_change_problems(stage: StageConfig, point_path: Path, change: WorldChange, ds_config: dict | None) -> list[str]:
+def world_change_problems(stage: StageConfig, point_path: Path, change: WorldChange,
+                          ds_config: dict | None) -> list[str]:
     """Why the checkpoint cannot continue at change.current ranks (empty: it can)."""
     where = f"checkpoint {point_path} was written by {change.saved} rank(s); this run has {change.current}"
     fix = (f"Resume with {change.saved} ranks, or start stage {stage.name} over in a new output_dir")
