@@ -54,10 +54,16 @@ def test_preflight_allows_what_a_resume_on_another_world_size_supports(tmp_path,
     point = _point(tmp_path, ranks=2)
     for zero in (0, 1, 2, 3):
         check_run(from_dict(RunConfig, _config(out, tiny_model_dir, shards, zero)), done={}, point=point, world=1)
-    # Another number of DataLoader workers is the same re-split: allowed, printed as a change.
-    workers = _config(out, tiny_model_dir, shards)
-    workers["stages"][0]["data"]["num_workers"] = 2
-    check_run(from_dict(RunConfig, workers), done={}, point=point, world=1)
+    # Another number of DataLoader workers is the same re-split: allowed, printed as a change, when the
+    # checkpoint's position names its workers (COMPLETE's progress); refused for a checkpoint of before.
+    workers = from_dict(RunConfig, dict(_config(out, tiny_model_dir, shards), stages=[
+        dict(_config(out, tiny_model_dir, shards)["stages"][0],
+             data=dict(_config(out, tiny_model_dir, shards)["stages"][0]["data"], num_workers=2))]))
+    with pytest.raises(PreflightError, match=r"data.num_workers: 0 -> 2 \(checkpoint step00000002 was written before"):
+        check_run(workers, done={}, point=point, world=1)
+    progress = {"step": 2, "of": 4, "world_size": 2, "num_workers": 1}
+    (point.path / "COMPLETE").write_text(json.dumps({"progress": progress, "files": {}}))
+    check_run(workers, done={}, point=point, world=1)
     assert "stages.warmup.data.num_workers: 0 -> 2" in capsys.readouterr().out
     # A table that 3 ranks cannot divide: the batch plan names the divisor.
     with pytest.raises(PreflightError, match=r"the divisor is world size 3"):

@@ -30,7 +30,7 @@ from framework.train.batching import plan_batches
 from framework.train.checkpoint import ResumePoint
 from framework.train.config import RunConfig, StageConfig
 from framework.train.engine import resolve_ds_config, resolve_precision
-from framework.train.reshape import world_change, world_change_problems
+from framework.train.reshape import unrecorded_worker_change, world_change, world_change_problems
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +214,8 @@ def _check_changes(cfg: RunConfig, point: ResumePoint | None) -> list[str]:
     after = plain(cfg)
     changes = config_changes(before, after)
     reasons = breaking_changes(changes, before, after, point.stage) if point is not None else []
+    if point is not None:
+        reasons += unrecorded_worker_change(changes, point.path, point.stage)
     if reasons:
         return [f"resuming stage {point.stage} at {point.path.name}: changes since {path.name} break its data "
                 "position or its saved states:\n       " + "\n       ".join(reasons) +

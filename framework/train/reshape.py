@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import random
@@ -141,6 +142,23 @@ def drop_universal_copy(tag_dir: Path) -> None:
     barrier()
     if is_main():
         shutil.rmtree(tag_dir.parent / UNIVERSAL, ignore_errors=True)
+
+
+def unrecorded_worker_change(changes: list, point_path: Path, stage: str) -> list[str]:
+    """A data.num_workers change is a re-split only when the checkpoint's data position names its workers
+    (checkpoints of before that have no num_workers in their COMPLETE progress): refuse it for older ones."""
+    key = f"stages.{stage}.data.num_workers"
+    change = next((c for c in changes if c.key == key), None)
+    if change is None:
+        return []
+    try:
+        progress = json.loads((point_path / "COMPLETE").read_text()).get("progress") or {}
+    except (OSError, ValueError):
+        progress = {}
+    if "num_workers" in progress:
+        return []
+    return [f"{change.line()} (checkpoint {point_path.name} was written before its data position named its "
+            f"workers: keep data.num_workers={change.before} until stage {stage} ends)"]
 
 
 def world_change_problems(stage: StageConfig, point_path: Path, change: WorldChange,

@@ -230,7 +230,10 @@ class StageRun:
     def save_checkpoint(self) -> None:
         step = self.counters.step
         client = {"stage": self.stage.name, "stage_index": self.index, "steps": self.counters.state_dict(),
-                  "data": self.feed.state_dict(), "progress": {"step": step, "of": self.plan.steps}}
+                  "data": self.feed.state_dict(),
+                  # The layout, also in COMPLETE, where preflight reads it without loading any state.
+                  "progress": {"step": step, "of": self.plan.steps, "world_size": world_size(),
+                               "num_workers": max(self.stage.data.num_workers, 1)}}
         if self.evaluation is not None:
             client["evaluation"] = self.evaluation.state_dict()
         self.last_checkpoint = self.checkpoints.save(self.engine, self.stage.name, f"step{step:08d}", client)
