@@ -14,6 +14,7 @@ from pathlib import Path
 
 def build_parser() -> argparse.ArgumentParser:
     from framework.evaluate.cli import add_arguments as add_evaluate_arguments
+    from framework.train.probe_run import add_arguments as add_probe_arguments
     from framework.train.run import add_arguments as add_train_arguments
 
     prog = "m3-framework" if Path(sys.argv[0]).name == "m3-framework" else "python -m framework"
@@ -38,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", parents=[common],
                               help="retrieval evaluation: dense, sparse, multi-vector, hybrids, BM25")
     add_evaluate_arguments(evaluate)
+    add_probe_arguments(sub.add_parser("probe-batch", parents=[common],
+                                       help="the largest batch per length bucket that one training step fits"))
     return parser
 
 
@@ -55,6 +58,10 @@ def run(args: argparse.Namespace) -> int:
 
         expect_fresh_heads()
         return run_training(args)
+    if args.command == "probe-batch":
+        from framework.train.probe_run import run as run_probe
+
+        return run_probe(args)
     from framework.evaluate.cli import run as run_evaluation
 
     return run_evaluation(args)

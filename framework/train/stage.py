@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 
@@ -25,23 +26,78 @@ from framework.data.manifest import load_manifest
 from framework.data.stream import ResumableLoader, StreamConfig
 from framework.parallel import is_main, rank, world_size
 from framework.tracking import NullTracker
-from framework.train.batching import plan_batches, samples_per_bucket
+from framework.train.batching import BatchPlan, plan_batches, samples_per_bucket
 from framework.train.checkpoint import Checkpoints, ResumePoint
 from framework.train.config import RunConfig
-from framework.train.engine import build_engine, freeze, resolve_ds_config, resolve_precision
+from framework.train.engine import UpdateGate, build_engine, freeze, resolve_ds_config, resolve_precision
 from framework.train.evaluation import TrainingEvaluation
 from framework.train.meter import Meter, Window, loss_lines, progress_line
 from framework.train.objective import ObjectiveOutput
 from framework.train.preemption import Preempted, PreemptionWatch
 from framework.train.reshape import world_change
 from framework.train.steps import PlannedStep, StepCounters, StepFeed, Verdict
-from framework.train.tasks import task_class
+from framework.train.tasks import StageTask, task_class
 
 log = logging.getLogger(__name__)
 
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or inf and the stage is configured to stop."""
+
+
+class StageEngine(NamedTuple):
+    """A stage's kind, built and wrapped by DeepSpeed (what build_stage_engine returns)."""
+
+    task: StageTask
+    """The stage kind's task: objective, tokenizer, stream, forward, export."""
+    frozen: list[str]
+    """Names of the parameters stages[i].freeze froze."""
+    precision: str
+    """'bf16' or 'fp32' (engine.precision resolved)."""
+    ds_config: dict
+    """The DeepSpeed config the engine was built with."""
+    engine: Any
+    """The DeepSpeed engine around task.objective."""
+    updates: UpdateGate
+    """The gate that can withhold an optimizer update."""
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    """The learning-rate schedule."""
+    zero_stage: int
+    """ZeRO stage in effect."""
+
+
+def build_stage_engine(run: RunConfig, index: int, start_dir: Path, plan: BatchPlan,
+                       load_universal: bool = False) -> StageEngine:
+    """Stage `index`'s task from `start_dir`, its frozen parameters and its DeepSpeed engine at `plan`: what
+    the trainer trains and the batch-size probe (framework/train/probe.py) measures. `load_universal`: the
+    engine will load a ZeRO 1-3 checkpoint of another world size (from its universal copy)."""
+    stage = run.stages[index]
+    # Fresh parameters (heads of a plain HF start, a decoder) come from the run seed, alike on every rank.
+    torch.manual_seed(run.seed + index)
+    task = task_class(stage.kind)(run, stage, start_dir)
+    frozen = freeze(task.objective, stage.freeze)
+    precision = resolve_precision(run.engine.precision)
+    ds_config = resolve_ds_config(run.engine, plan, stage.optim, precision)
+    if load_universal and ds_config["zero_optimization"].get("stage", 0) > 0:
+        ds_config.setdefault("checkpoint", {})["load_universal"] = True
+    engine, updates, scheduler = build_engine(task.objective, stage.optim, plan, ds_config)
+    zero_stage = ds_config["zero_optimization"].get("stage", 0)
+    task.after_engine(zero_stage)
+    return StageEngine(task, frozen, precision, ds_config, engine, updates, scheduler, zero_stage)
+
+
+def forward_backward(task: StageTask, engine, batches: list[TrainBatch], first_micro: int) -> list[ObjectiveOutput]:
+    """The micro-batches of one optimizer step through forward and backward (`first_micro`: the stage's
+    micro-batch index of the first). engine.step() runs after every one but the last (DeepSpeed only counts
+    the micro-step there); the caller runs the boundary step once it knows whether the update applies."""
+    outputs, num = [], len(batches)
+    for k, batch in enumerate(batches):
+        out = task.forward(engine, batch.to(engine.device), first_micro + k)
+        engine.backward(out.terms["loss"])
+        if k < num - 1:
+            engine.step()  # not the accumulation boundary: DeepSpeed only counts the micro-step
+        outputs.append(ObjectiveOutput({n: t.detach() for n, t in out.terms.items()}, out.report))
+    return outputs
 
 
 class StageRun:
@@ -59,21 +115,14 @@ class StageRun:
         manifest = load_manifest(stage.data.manifest)
         self.plan = plan_batches(stage, world_size(), manifest.length_edges,
                                  samples_per_bucket(manifest, stage.data.sources))
-        # Fresh parameters (heads of a plain HF start, a decoder) come from the run seed, alike on every rank.
-        torch.manual_seed(run.seed + index)
-        self.task = task_class(stage.kind)(run, stage, start_dir)
-        self.frozen = freeze(self.task.objective, stage.freeze)
-        self.precision = resolve_precision(run.engine.precision)
-        self.ds_config = resolve_ds_config(run.engine, self.plan, stage.optim, self.precision)
         # Another world size than the checkpoint's: ZeRO's partitioned states load from a universal copy
         # (reshape.py); ZeRO 0's whole states load as they are.
         self.world_change = world_change(resume.path if resume else None, world_size())
-        if self.world_change is not None and self.ds_config["zero_optimization"].get("stage", 0) > 0:
-            self.ds_config.setdefault("checkpoint", {})["load_universal"] = True
-        self.engine, self.updates, self.scheduler = build_engine(self.task.objective, stage.optim, self.plan,
-                                                                 self.ds_config)
-        self.zero_stage = self.ds_config["zero_optimization"].get("stage", 0)
-        self.task.after_engine(self.zero_stage)
+        built = build_stage_engine(run, index, start_dir, self.plan, load_universal=self.world_change is not None)
+        self.task, self.frozen, self.precision, self.ds_config = built.task, built.frozen, built.precision, \
+            built.ds_config
+        self.engine, self.updates, self.scheduler, self.zero_stage = built.engine, built.updates, \
+            built.scheduler, built.zero_stage
         self.feed = StepFeed(self._loader(), self.plan.accumulation, self.plan.steps)
         self.counters = StepCounters()
         self.evaluation = (TrainingEvaluation(stage, self.task, self.engine.device, tracker, checkpoints.exports)
@@ -176,14 +225,7 @@ class StageRun:
 
     def _forward_backward(self, batches: list[TrainBatch], step: int) -> list[ObjectiveOutput]:
         """Every micro-batch of the step through forward and backward; the update waits for the verdict."""
-        outputs, num = [], len(batches)
-        for k, batch in enumerate(batches):
-            out = self.task.forward(self.engine, batch.to(self.engine.device), self._micro(step, k))
-            self.engine.backward(out.terms["loss"])
-            if k < num - 1:
-                self.engine.step()  # not the accumulation boundary: DeepSpeed only counts the micro-step
-            outputs.append(ObjectiveOutput({n: t.detach() for n, t in out.terms.items()}, out.report))
-        return outputs
+        return forward_backward(self.task, self.engine, batches, self._micro(step, 0))
 
     def _update(self, batches: list[TrainBatch], verdict: Verdict, step: int) -> str | None:
         """The boundary engine.step(), its update withheld on a non-finite step; returns why the update
