@@ -14,7 +14,7 @@ ledger cannot see, kernel-internal scratch; printed as the allocator's peak over
 Part 2, ZeRO-2 with overlap_comm (gloo's thread releases gradient buckets): the same step repeated in
 fresh processes; the allocator's figures drift by a bucket between runs, the ledger's do not.
 
-Run: python bench/probe_meters.py [--model-dir DIR] [--runs 3]   (about 5 minutes on 2 loaded cores)
+Run: python -m bench.probe_meters [--model-dir DIR] [--runs 3]   (about 5 minutes on 2 loaded cores)
 """
 from __future__ import annotations
 
@@ -65,11 +65,12 @@ def worker(model_dir: str, zero: int, out: str) -> None:
     ledger = CpuMeter()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         prober = Prober(run, 0, ledger, usable_bytes=1 << 40)
-        prober.warm_up(Shape(32, 32, 32, 2, 0))
+        prober.warm_up(Shape(edge=32, query_length=32, passage_length=32, group_size=2, bucket=0))
     _, live = allocator_peak(prof, 0)
     rows = []
     for edge, batch in STEPS:  # each step measured by both meters at once
-        shape = Shape(edge, min(edge, 32), edge, 2, [32, 64].index(edge))
+        shape = Shape(edge=edge, query_length=min(edge, 32), passage_length=edge, group_size=2,
+                      bucket=[32, 64].index(edge))
         ledger_before, allocator_before = ledger.live_bytes, live
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             by_ledger = prober.step(shape, batch).peak_bytes
@@ -87,17 +88,17 @@ def measure(model_dir: str, zero: int) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "rows.json")
         env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-        subprocess.run([sys.executable, __file__, "--worker", model_dir, str(zero), out], env=env, check=True,
-                       capture_output=True, text=True)
+        subprocess.run([sys.executable, "-m", "bench.probe_meters", "--worker", model_dir, str(zero), out], env=env,
+                       cwd=REPO, check=True, capture_output=True, text=True)
         return json.loads(Path(out).read_text())
 
 
 def tiny_model(tmp: Path) -> str:
-    sys.path.insert(0, str(REPO))
-    from tools.build_model import build_model
-    from tools.train_tokenizer import train_tokenizer
+    """The tests' tiny random XLM-R (hidden 32, 2 layers) with a 3000-piece tokenizer."""
+    from framework.resources import text_sample
+    from framework.starting import build_model, train_tokenizer
 
-    tokenizer = train_tokenizer([REPO / "data" / "multilingual_sample.txt"], tmp / "tok", vocab_size=3000, seed=0)
+    tokenizer = train_tokenizer([text_sample()], tmp / "tok", vocab_size=3000, seed=0)
     return str(build_model(tokenizer, tmp / "tiny", size="tiny", seed=0))
 
 

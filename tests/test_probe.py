@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -91,11 +94,12 @@ def test_cpu_meter_counts_live_storages_once_and_frees_on_any_thread():
 def test_extrapolation_follows_the_parabola_and_never_runs_before_a_measure():
     assert extrapolate([], 8, 100) is None
     peak = {b: 100 + 10 * b + 2 * b * b for b in (1, 2, 4)}
-    trials = [Trial(b, p, fits=True) for b, p in peak.items()]
+    trials = [Trial(batch=b, peak_bytes=p, fits=True) for b, p in peak.items()]
     assert extrapolate(trials, 16, 100) == 100 + 10 * 16 + 2 * 256
     assert extrapolate(trials[:1], 3, 100) == 100 + 12 * 3  # one size: the line through the memory held before
     # Extrapolated and out-of-memory trials are no measurements.
-    assert extrapolate(trials + [Trial(8, 10**12, fits=False, extrapolated=True), Trial(6, 0, False, True)],
+    assert extrapolate(trials + [Trial(batch=8, peak_bytes=10**12, fits=False, extrapolated=True),
+                                 Trial(batch=6, peak_bytes=0, fits=False, out_of_memory=True)],
                        16, 100) == 100 + 10 * 16 + 2 * 256
 
 
@@ -111,9 +115,11 @@ def test_probed_edges_ladder_all_and_named(tmp_path, tiny_model_dir, ds_config):
 
 def test_table_is_table_9_form_and_parses_back_into_the_run_config(tmp_path, tiny_model_dir, ds_config):
     chosen = {32: 12, 64: 5}
-    buckets = tuple(BucketProbe(Shape(e, min(e, 32), e, 2, EDGES.index(e)), b, (Trial(b, GB // 10, True),),
-                                capped=False, seconds=1.0, step_seconds=0.5, tokens=1000) for e, b in chosen.items())
-    result = ProbeResult("unified", "run.yaml", world_size=4, processes=1, accumulation=2, device="cpu",
+    buckets = tuple(BucketProbe(shape=Shape(edge=e, query_length=min(e, 32), passage_length=e, group_size=2,
+                                            bucket=EDGES.index(e)),
+                                batch=b, trials=(Trial(batch=b, peak_bytes=GB // 10, fits=True),), capped=False,
+                                seconds=1.0, step_seconds=0.5, tokens=1000) for e, b in chosen.items())
+    result = ProbeResult(stage="unified", config="run.yaml", world_size=4, processes=1, accumulation=2, device="cpu",
                          budget_bytes=GB, margin=0.1, edges=tuple(EDGES), buckets=buckets, seconds=9.0)
     table = yaml.safe_load(table_yaml(result))["total_batch"]
     assert table == {32: 12 * 4 * 2, 64: 5 * 4 * 2, 256: 5 * 4 * 2}
@@ -151,6 +157,21 @@ def test_a_budget_above_the_free_memory_is_refused(tmp_path, tiny_model_dir, ds_
 
 
 # ---- real probes: the tiny model through DeepSpeed ZeRO-2 in this process ---------------------------------
+def _assert_chosen_fits_and_one_more_does_not(run, result: ProbeResult) -> None:
+    """Measured again by the same meter on a fresh engine: each chosen size fits, one more does not."""
+    prober = Prober(run, 0, CpuMeter(), result.usable_bytes)
+    try:
+        params = sum(p.numel() * p.element_size() for p in prober.built.task.objective.parameters())
+        prober.warm_up(result.buckets[0].shape)
+        for probe in result.buckets:
+            fits, over = prober.step(probe.shape, probe.batch), prober.step(probe.shape, probe.batch + 1)
+            assert fits.fits and fits.peak_bytes <= result.usable_bytes < over.peak_bytes and not over.fits
+            assert fits.peak_bytes == probe.chosen.peak_bytes  # deterministic: same ids, same storages
+            assert fits.peak_bytes > 4 * params  # parameters, gradients and AdamW's two moments are counted
+    finally:
+        prober.close()
+
+
 @pytest.mark.slow
 def test_probe_picks_the_largest_batch_that_fits(tmp_path, tiny_model_dir, ds_config, process_group, capsys):
     run = load_run_config(None, data=_run_raw(tmp_path, tiny_model_dir, ds_config))
@@ -163,15 +184,7 @@ def test_probe_picks_the_largest_batch_that_fits(tmp_path, tiny_model_dir, ds_co
     sizes = {b.shape.edge: b.batch for b in result.buckets}
     assert sizes[32] > sizes[64]  # shorter texts, more of them
     assert f"edge 64 (queries 32, passages 64 tokens, group 2): tried 1 ok" in out
-    # Measured again by the same meter on a fresh engine: the chosen size fits, one more does not.
-    prober = Prober(run, 0, CpuMeter(), result.usable_bytes)
-    params = sum(p.numel() * p.element_size() for p in prober.built.task.objective.parameters())
-    prober.warm_up(result.buckets[0].shape)
-    for probe in result.buckets:
-        fits, over = prober.step(probe.shape, probe.batch), prober.step(probe.shape, probe.batch + 1)
-        assert fits.fits and fits.peak_bytes <= result.usable_bytes < over.peak_bytes and not over.fits
-        assert fits.peak_bytes == probe.chosen.peak_bytes  # deterministic: same ids, same storages
-        assert fits.peak_bytes > 4 * params  # parameters, gradients and AdamW's two moments are counted
+    _assert_chosen_fits_and_one_more_does_not(run, result)
     # The table parses back into the run config and gives these sizes at world size 2.
     raw = _run_raw(tmp_path, tiny_model_dir, ds_config)
     raw["stages"][0]["data"]["buckets"]["total_batch"] = yaml.safe_load(table_yaml(result))["total_batch"]
@@ -186,3 +199,38 @@ def test_a_budget_below_one_sample_names_the_edge_and_the_fixes(tmp_path, tiny_m
                                              r"passages 64 tokens, group size 2\) needs .* GB at its peak, more than "
                                              r"the usable .* Raise --memory-gb"):
         probe_stage(run, ProbeOptions(stage="unified", memory_gb=0.001, edges="64"))
+
+
+@pytest.mark.slow
+def test_probe_of_a_retromae_stage_measures_document_batches(tmp_path, tiny_model_dir, ds_config, process_group):
+    raw = _run_raw(tmp_path, tiny_model_dir, ds_config, name="retromae", kind="retromae", loss={},
+                   split_batch={}, retromae={"max_length": 64})
+    run = load_run_config(None, data=raw)
+    result = probe_stage(run, ProbeOptions(stage="retromae", memory_gb=0.05, edges="64"), "run.yaml")
+    (probe,) = result.buckets
+    assert probe.shape.passage_length == 64 and probe.batch > 1 and not probe.capped
+    assert probe.tokens == probe.batch * 64  # documents only, every one at the bucket's full length
+    _assert_chosen_fits_and_one_more_does_not(run, result)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_probe_under_torchrun_measures_on_every_rank_and_rank_0_writes_the_table(tmp_path, tiny_model_dir, ds_config):
+    config, out = tmp_path / "run.yaml", tmp_path / "table.yaml"
+    config.write_text(yaml.safe_dump(_run_raw(tmp_path, tiny_model_dir, ds_config)))
+    from framework.parallel import free_port
+
+    env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", TOKENIZERS_PARALLELISM="false",
+               PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           str(free_port()), "-m", "framework", "probe-batch", "--config", str(config), "--stage",
+                           "unified", "--memory-gb", "0.05", "--edges", "32", "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "not in the measure" not in done.stdout  # the gather and ZeRO run over the 2 ranks themselves
+    assert done.stdout.splitlines().count("total_batch:") == 1 and "2 process(es)" in done.stdout  # rank 0 prints, once
+    line = next(line for line in done.stdout.splitlines() if line.startswith("[probe unified] edge 32"))
+    per_rank = int(line.split(" -> ")[1].split()[0])
+    assert per_rank > 1
+    table = yaml.safe_load(out.read_text())["total_batch"]
+    assert table == {32: 2 * per_rank, 256: 2 * per_rank}  # x 2 ranks x 1 accumulation; 256: the last edge

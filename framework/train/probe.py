@@ -148,7 +148,8 @@ class Prober:
             self._build()
         ranks = all_gather_object((peak.bytes, oom))
         worst, any_oom = max(p for p, _ in ranks), any(o for _, o in ranks)
-        return Trial(batch, worst, fits=not any_oom and worst <= self.usable_bytes, out_of_memory=any_oom)
+        return Trial(batch=batch, peak_bytes=worst, fits=not any_oom and worst <= self.usable_bytes,
+                     out_of_memory=any_oom)
 
     def timed(self, probe: BucketProbe, repeats: int = 2) -> BucketProbe:
         """`probe` with the step time at its size, timed outside the meter (its dispatch mode slows CPU steps);
@@ -184,7 +185,7 @@ def search(prober: Prober, shape: Shape, start: int, max_batch: int, physical_by
     def fits(batch: int) -> bool:
         predicted = extrapolate(trials, batch, prober.meter.live_bytes)
         if predicted is not None and predicted > PHYSICAL_SHARE * physical_bytes:
-            trial = Trial(batch, predicted, fits=False, extrapolated=True)
+            trial = Trial(batch=batch, peak_bytes=predicted, fits=False, extrapolated=True)
         else:
             trial = prober.step(shape, batch)
         trials.append(trial)
@@ -205,7 +206,8 @@ def search(prober: Prober, shape: Shape, start: int, max_batch: int, physical_by
     if lo == 0:
         one = next(t for t in trials if t.batch == 1)
         raise BudgetTooSmall(one_sample_message(prober, shape, one))
-    return BucketProbe(shape, lo, tuple(trials), capped=hi is None, seconds=time.monotonic() - began)
+    return BucketProbe(shape=shape, batch=lo, trials=tuple(trials), capped=hi is None,
+                       seconds=time.monotonic() - began)
 
 
 def extrapolate(trials: list[Trial], batch: int, base_bytes: int) -> int | None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from framework.data.batch import Batch, TextBatch, TrainBatch
+from framework.data.config import DataConfig
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,13 @@ class Shape:
     """Passages per query."""
     bucket: int
     """The bucket's index among the stage's edges (batches carry it, as the stream's do)."""
+
+    @classmethod
+    def at_edge(cls, edges: tuple[int, ...], edge: int, data: DataConfig) -> "Shape":
+        """The worst case of the bucket with upper edge `edge` under the stage's truncation and group size."""
+        return cls(edge=edge, query_length=min(edge, data.query_max_length),
+                   passage_length=min(edge, data.passage_max_length), group_size=data.group_size,
+                   bucket=edges.index(edge))
 
 
 class TokenIds:
@@ -69,15 +77,16 @@ def pair_batch(num_queries: int, shape: Shape, ids: TokenIds) -> Batch:
     """`num_queries` queries with `group_size` passages each, every text at its full length."""
     q_ids_QL = ids.rows(num_queries, shape.query_length)
     p_ids_PL = ids.rows(num_queries * shape.group_size, shape.passage_length)
-    return Batch.of(q_ids_QL, torch.ones_like(q_ids_QL), p_ids_PL, torch.ones_like(p_ids_PL), shape.group_size,
-                    stream=("probe", shape.bucket))
+    return Batch.of(q_ids_QL=q_ids_QL, q_mask_QL=torch.ones_like(q_ids_QL), p_ids_PL=p_ids_PL,
+                    p_mask_PL=torch.ones_like(p_ids_PL), group_size=shape.group_size, stream=("probe", shape.bucket))
 
 
 def text_batch(num_documents: int, shape: Shape, ids: TokenIds) -> TextBatch:
     """`num_documents` documents of the full passage length."""
     ids_BL = ids.rows(num_documents, shape.passage_length)
-    return TextBatch(ids_BL, torch.ones_like(ids_BL), ("probe", shape.bucket), [str(i) for i in range(num_documents)],
-                     ids_BL.numel(), ids_BL.numel(), {})
+    return TextBatch(ids_BL=ids_BL, mask_BL=torch.ones_like(ids_BL), stream=("probe", shape.bucket),
+                     keys=[str(i) for i in range(num_documents)], num_tokens=ids_BL.numel(),
+                     num_padded_tokens=ids_BL.numel(), stats={})
 
 
 BUILDERS: dict[type, Callable[[int, Shape, TokenIds], TrainBatch]] = {Batch: pair_batch, TextBatch: text_batch}

@@ -7,7 +7,6 @@ how it measures and searches, docs/batch-probe.md for how to read the result.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import time
 from dataclasses import dataclass
@@ -106,8 +105,7 @@ def probe_stage(run: RunConfig, options: ProbeOptions, config: str = "", local_r
         say(f"[probe {stage.name}] measuring in {world_size()} process(es) for a table at {world} ranks: the gather "
             f"of {world} ranks' passages and ZeRO's partitioning over {world} ranks are not in the measure; run "
             f"under torchrun --nproc_per_node {world} for those")
-    shapes = [Shape(e, min(e, stage.data.query_max_length), min(e, stage.data.passage_max_length),
-                    stage.data.group_size, edges.index(e)) for e in chosen]
+    shapes = [Shape.at_edge(edges, e, stage.data) for e in chosen]
     prober = Prober(run, index, meter, usable, seed=options.seed)
     try:
         prober.warm_up(shapes[0])
@@ -121,8 +119,9 @@ def probe_stage(run: RunConfig, options: ProbeOptions, config: str = "", local_r
     finally:
         prober.close()
     device = "cuda (max_memory_allocated)" if meter.device.type == "cuda" else "cpu (live tensor storage bytes)"
-    return ProbeResult(stage.name, config, world, world_size(), stage.accumulation, device, budget,
-                       options.margin, tuple(edges), tuple(reversed(found)), time.monotonic() - began)
+    return ProbeResult(stage=stage.name, config=config, world_size=world, processes=world_size(),
+                       accumulation=stage.accumulation, device=device, budget_bytes=budget, margin=options.margin,
+                       edges=tuple(edges), buckets=tuple(reversed(found)), seconds=time.monotonic() - began)
 
 
 def _budget(options: ProbeOptions, meter, local_ranks: int) -> int:
@@ -160,7 +159,6 @@ def run(args: argparse.Namespace) -> int:
     options = ProbeOptions(stage=args.stage, memory_gb=args.memory_gb, margin=args.margin,
                            world_size=args.world_size, edges=args.edges, max_batch=args.max_batch)
     stage_index(cfg, options.stage, str(args.config))  # before any process group: a typo fails at once
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     env = init_distributed(detect_env(), cfg.engine.backend)
     main = is_main()

@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
@@ -45,7 +46,8 @@ class NonFiniteLoss(RuntimeError):
     """The loss became NaN or inf and the stage is configured to stop."""
 
 
-class StageEngine(NamedTuple):
+@dataclass(frozen=True)
+class StageEngine:
     """A stage's kind, built and wrapped by DeepSpeed (what build_stage_engine returns)."""
 
     task: StageTask
@@ -83,7 +85,8 @@ def build_stage_engine(run: RunConfig, index: int, start_dir: Path, plan: BatchP
     engine, updates, scheduler = build_engine(task.objective, stage.optim, plan, ds_config)
     zero_stage = ds_config["zero_optimization"].get("stage", 0)
     task.after_engine(zero_stage)
-    return StageEngine(task, frozen, precision, ds_config, engine, updates, scheduler, zero_stage)
+    return StageEngine(task=task, frozen=frozen, precision=precision, ds_config=ds_config, engine=engine,
+                       updates=updates, scheduler=scheduler, zero_stage=zero_stage)
 
 
 def forward_backward(task: StageTask, engine, batches: list[TrainBatch], first_micro: int) -> list[ObjectiveOutput]:
