@@ -9,7 +9,7 @@ on the distinct query ids, framework/loss/scores.py), so the probe does not flat
 One builder per batch type (the stage kind's `batch_type`, framework/train/tasks/); a new kind whose
 batch type is not here gets an error saying to add one.
 
-Shape legend: Q queries, P passages (= Q * G), G group size, B documents, L tokens.
+Shape legend (docs/shapes.md): Q queries, P passages (= Q * G), G group size, B documents, L tokens, V vocabulary.
 """
 from __future__ import annotations
 
