@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -66,8 +67,11 @@ def main() -> None:
     if done.returncode != 0:
         raise SystemExit(f"probe-batch failed (exit {done.returncode})")
     probe_line = next((line for line in done.stdout.splitlines() if "probe wall time" in line), "")
-    print(f"\nwall time of the command: {seconds:.0f} s (OMP_NUM_THREADS={env['OMP_NUM_THREADS']}); "
-          f"the probe's own: {probe_line.rsplit('probe wall time', 1)[-1].strip() or '?'}")
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = usage.ru_utime + usage.ru_stime  # the probe command is the only child process
+    print(f"\nwall time of the command: {seconds:.0f} s, its CPU time {cpu:.0f} s (OMP_NUM_THREADS="
+          f"{env['OMP_NUM_THREADS']}; wall above CPU: the cores were shared); the probe's own wall time: "
+          f"{probe_line.rsplit('probe wall time', 1)[-1].strip() or '?'}")
 
 
 if __name__ == "__main__":

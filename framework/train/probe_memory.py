@@ -13,16 +13,18 @@
 Why this on CPU, and not the others (bench/probe_meters.py measures both points):
   - torch's profiler with profile_memory replays the c10 allocator's allocations and frees, which also
     sees the scratch memory kernels allocate internally; but it records only on the thread that started
-    it. DeepSpeed's ZeRO-2 with overlap_comm releases a gradient bucket from gloo's thread now and then,
-    and that free is lost: in one of three identical runs a 4 MB bucket stayed counted for good, so the
-    same step measured 4 MB more, and sizes near the budget came out differently from run to run.
-    (profile_all_threads=True records no memory events at all in torch 2.13.)
+    it. DeepSpeed's ZeRO-2 with overlap_comm can release a gradient bucket from gloo's thread, and such a
+    free is lost: the bucket stays counted for good and sizes near the budget come out differently from
+    run to run (seen once in three runs while this meter was chosen; the bench's recorded run, three fresh
+    runs per ZeRO stage, did not show it). profile_all_threads=True records no memory events at all in
+    torch 2.13.
   - RSS counts what the kernel maps, not what the step holds: glibc keeps freed pages, untouched
     `torch.empty` pages are not resident (the gradient buckets are allocated whole and written only as
     far as the gradients go), and the interpreter and libraries count too.
   The dispatch mode's gap, kernel-internal scratch, is transient and small next to the activations
-  autograd keeps (the bench gives the difference to the allocator's count on a ZeRO-0 step); the safety
-  margin covers it. Storage deaths are seen on whatever thread they happen.
+  autograd keeps: the allocator's count of a step's rise was 1.0000 to 1.0025 times this meter's on the
+  tiny model at ZeRO-0 and ZeRO-2 (bench/probe_meters.py); the safety margin covers it. Storage deaths are
+  seen on whatever thread they happen.
 """
 from __future__ import annotations
 
