@@ -59,8 +59,10 @@ def run(args: argparse.Namespace) -> int:
         expect_fresh_heads()
         return run_training(args)
     if args.command == "probe-batch":
+        from framework.logs import expect_fresh_heads
         from framework.train.probe_run import run as run_probe
 
+        expect_fresh_heads()  # the probe builds the stage as training does
         return run_probe(args)
     from framework.evaluate.cli import run as run_evaluation
 
