@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from framework.data.buckets import DEFAULT_EDGES
+from framework.data.manifest import Manifest
 from framework.logs import configure
 from framework.resources import deepspeed_config, demo_config, text_sample
 from framework.starting import build_model, train_tokenizer
@@ -39,10 +41,16 @@ def small_bucket_zero2(folder: Path) -> Path:
     return path
 
 
-def probe_command(model: Path, ds: Path, args: argparse.Namespace) -> list[str]:
+def shardless_manifest(folder: Path) -> Path:
+    """A manifest with the demo shards' bucket edges (the default ones) and no shard: the probe reads no shard,
+    but the stage kind reads the manifest's prompts (they do not matter here: the batches are synthetic ids)."""
+    return Manifest(shards=(), length_edges=DEFAULT_EDGES).save(folder / "manifest.json")
+
+
+def probe_command(model: Path, ds: Path, manifest: Path, args: argparse.Namespace) -> list[str]:
     return [sys.executable, "-m", "framework", "probe-batch", "--config", str(demo_config()), "--stage", "unified",
             "--memory-gb", str(args.memory_gb), "--world-size", str(args.world_size), "--edges", args.edges,
-            f"model.path={model}", f"engine.deepspeed_config={ds}", "stages.unified.data.buckets.edges=default"]
+            f"model.path={model}", f"engine.deepspeed_config={ds}", f"stages.unified.data.manifest={manifest}"]
 
 
 def main() -> None:
@@ -56,7 +64,7 @@ def main() -> None:
         folder = Path(tmp)
         tokenizer = train_tokenizer([text_sample()], folder / "tokenizer", vocab_size=3000, seed=0)
         model = build_model(tokenizer, folder / "model", size="tiny", seed=0)
-        command = probe_command(model, small_bucket_zero2(folder), args)
+        command = probe_command(model, small_bucket_zero2(folder), shardless_manifest(folder), args)
         print("$ " + " ".join(command), flush=True)
         env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
                    TOKENIZERS_PARALLELISM="false", MLFLOW_DISABLE_TELEMETRY="true")

@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from framework.__main__ import main
+from framework.data.manifest import Manifest
 from framework.parallel import detect_env, init_distributed, is_initialized, shutdown
 from framework.train.batching import plan_batches
 from framework.train.config import load_run_config
@@ -30,10 +31,11 @@ EDGES = [32, 64, 128, 256]
 
 
 def _run_raw(tmp_path, model_dir, ds_config, **stage) -> dict:
-    """A contrastive stage with every head, self-distillation and split-batch, on explicit bucket edges (the
-    probe reads no shards, so the manifest need not exist)."""
+    """A contrastive stage with every head, self-distillation and split-batch, on explicit bucket edges. The
+    probe reads no shard, but the stage kind reads its manifest's prompts: a manifest without shards."""
+    manifest = Manifest(shards=(), length_edges=tuple(EDGES)).save(tmp_path / "no-shards.json")
     base = {"name": "unified", "steps": 10, "accumulation": 1,
-            "data": {"manifest": str(tmp_path / "no-shards.json"), "group_size": 2, "query_max_length": 32,
+            "data": {"manifest": str(manifest), "group_size": 2, "query_max_length": 32,
                      "passage_max_length": 64, "buckets": {"edges": EDGES, "total_batch": {256: 8}}},
             "loss": {"preset": "reference", "use_self_distill": True}, "split_batch": {"sub_batch": 8}}
     base.update(stage)
