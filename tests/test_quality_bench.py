@@ -1,0 +1,85 @@
+"""The quality bench's data, grouping and seed statistics (bench/quality_lib), on the shipped DDTP sample."""
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from bench.quality_lib.arms import ARM_CHAINS, STAGE_INDEX, TrainSettings, stage_config
+from bench.quality_lib.data import HELD_OUT, Prefixes, write_subset
+from bench.quality_lib.evaluation import group_means, task_group
+from bench.quality_lib.stats import estimate, paired
+
+DDTP = Path(__file__).resolve().parents[1] / "data" / "ddtp"
+
+
+def rows(path: Path) -> list[dict]:
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle]
+
+
+def test_train_subset_drops_held_out_languages_and_prefixes_every_text(tmp_path: Path) -> None:
+    counts = write_subset(DDTP / "train", tmp_path / "train", 10, HELD_OUT, Prefixes.me5())
+    assert set(counts) == {p.name[:-9] for p in (DDTP / "train").glob("*.jsonl.gz")
+                           if p.name.split("-")[0].split(".")[0] not in HELD_OUT}
+    assert not any(d.split("-")[0] in HELD_OUT for d in counts)
+    assert all(n == 10 for n in counts.values())
+    for row in rows(tmp_path / "train" / "de-en.jsonl.gz"):
+        assert row["query"].startswith("query: ") and not row["query"].startswith("query: query: ")
+        assert all(t.startswith("passage: ") for t in row["pos"] + row["neg"]) and len(row["neg"]) == 7
+    # Both directions of a language take the same packages.
+    assert {r["md5"] for r in rows(tmp_path / "train" / "de.jsonl.gz")} == \
+        {r["md5"] for r in rows(tmp_path / "train" / "de-en.jsonl.gz")}
+
+
+def test_test_subset_is_a_prefix_of_the_sample_order(tmp_path: Path) -> None:
+    small = write_subset(DDTP / "test", tmp_path / "small", 20)
+    large = write_subset(DDTP / "test", tmp_path / "large", 60)
+    assert len(small) == 29 and all(n <= 20 for n in small.values())
+    for direction in ("en", "ja-en", "zh_CN"):
+        a = {r["md5"] for r in rows(tmp_path / "small" / f"{direction}.jsonl.gz")}
+        b = {r["md5"] for r in rows(tmp_path / "large" / f"{direction}.jsonl.gz")}
+        assert a < b
+    # A finished subset is reused, not rewritten.
+    assert write_subset(DDTP / "test", tmp_path / "small", 999) == small
+
+
+def test_groups_keep_held_out_languages_apart() -> None:
+    assert [task_group(d) for d in ("de", "de-en", "ja", "zh_CN-en")] == \
+        ["mono-seen", "cross-seen", "mono-held", "cross-held"]
+    per_task = {"de": {"dense": {"ndcg_at_10": 0.8}}, "fr": {"dense": {"ndcg_at_10": 0.6}},
+                "ja-en": {"dense": {"ndcg_at_10": 0.3}}}
+    means = group_means(per_task)["dense"]
+    assert means["mono-seen"] == pytest.approx(0.7)
+    assert means["cross-held"] == pytest.approx(0.3)
+    assert means["all"] == pytest.approx((0.8 + 0.6 + 0.3) / 3)
+    assert "cross-seen" not in means
+
+
+def test_paired_differences_and_standard_errors() -> None:
+    diff = paired([0.5, 0.7, 0.6], [0.4, 0.5, 0.6])
+    assert diff.values == pytest.approx((0.1, 0.2, 0.0))
+    assert diff.mean == pytest.approx(0.1)
+    assert diff.se == pytest.approx(0.1 / math.sqrt(3))
+    assert paired([0.5, 0.7], 0.5).values == pytest.approx((0.0, 0.2))
+    assert estimate([0.3]).se is None and estimate([0.3]).t is None
+    with pytest.raises(ValueError, match="same seeds"):
+        paired([0.1, 0.2], [0.1])
+
+
+def test_stage_runs_of_all_arms_read_the_same_data_per_seed(tmp_path: Path) -> None:
+    """Equal stage names get equal run seeds in every arm, so their streams match (the pairing of arms)."""
+    settings = TrainSettings(manifest=tmp_path / "manifest.json", steps={"heads": 8, "warmup": 16, "unified": 32})
+    seen: dict[str, set] = {}
+    for arm, chain in ARM_CHAINS.items():
+        for key, recipe_arm, stage in chain:
+            config = stage_config(recipe_arm, stage, tmp_path / "start", tmp_path / key, 3, settings)
+            assert [s["name"] for s in config["stages"]] == [stage]
+            assert config["stages"][0]["steps"] == settings.steps[stage]
+            assert config["stages"][0]["data"]["manifest"] == str(settings.manifest)
+            seen.setdefault(stage, set()).add((config["seed"], json.dumps(config["stages"][0]["data"], sort_keys=True)))
+    assert {stage: len(v) for stage, v in seen.items()} == {"heads": 1, "warmup": 1, "unified": 1}
+    assert {stage: next(iter(v))[0] for stage, v in seen.items()} == {s: 3 + 1000 * i for s, i in STAGE_INDEX.items()}
