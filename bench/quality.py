@@ -98,6 +98,19 @@ def git_commit() -> str:
     return (done.stdout.strip() or "unknown") + (" (uncommitted changes)" if dirty else "")
 
 
+def check_work_settings(work: Path, settings: dict) -> None:
+    """Refuse a work folder whose cached runs were made with other settings (they would be reused silently)."""
+    path = work / "settings.json"
+    if path.is_file():
+        before = json.loads(path.read_text(encoding="utf-8"))
+        changed = sorted(k for k in settings if before.get(k) != settings[k])
+        if changed:
+            raise SystemExit(f"{work} holds runs made with other settings ({', '.join(changed)}: "
+                             f"{[before.get(k) for k in changed]} -> {[settings[k] for k in changed]}); pass another "
+                             "--work or delete that folder")
+    path.write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ddtp", type=Path, default=os.environ.get("M3_DDTP"),
@@ -139,6 +152,9 @@ def main(argv: list[str] | None = None) -> dict:
     mode = resolve_mode(args)
     work = (args.work or REPO_ROOT / "runs" / f"quality-{mode.name}").resolve()
     work.mkdir(parents=True, exist_ok=True)
+    check_work_settings(work, {"test_cap": mode.test_cap, "train_rows": mode.train_rows, "steps": mode.steps,
+                               "prefixes": not args.no_prefixes, "overrides": list(args.override),
+                               "model": str(args.model) if args.model else None})
     say(f"mode {mode.name}, work folder {work}")
     start = steps.start_model(work, args.model, say)
     test_dir, test_counts = steps.test_subset(work, args.ddtp, mode.test_cap)

@@ -83,3 +83,23 @@ def test_stage_runs_of_all_arms_read_the_same_data_per_seed(tmp_path: Path) -> N
             seen.setdefault(stage, set()).add((config["seed"], json.dumps(config["stages"][0]["data"], sort_keys=True)))
     assert {stage: len(v) for stage, v in seen.items()} == {"heads": 1, "warmup": 1, "unified": 1}
     assert {stage: next(iter(v))[0] for stage, v in seen.items()} == {s: 3 + 1000 * i for s, i in STAGE_INDEX.items()}
+
+
+def test_pooled_encoder_matches_the_m3_reading_and_an_unpadded_mean(tiny_model_dir: Path) -> None:
+    """The bench's mE5-recipe encoder: CLS equals M3's dense head; mean pooling ignores padding and batch order."""
+    import numpy as np
+    import torch
+
+    from bench.quality_lib.me5 import PooledEncoder
+    from framework.inference import M3Embedder
+
+    texts = ["kurz", "ein etwas längerer Satz mit mehr Wörtern darin", "日本語のテキスト", "a b c d e f g h"]
+    encoder = PooledEncoder(str(tiny_model_dir))
+    pooled = encoder.encode(texts, batch_size=3)
+    dense = M3Embedder.from_pretrained(tiny_model_dir).encode(texts, dense=True, sparse=False)["dense_vecs"]
+    np.testing.assert_allclose(pooled["cls"], dense, atol=1e-5)
+    with torch.no_grad():
+        for text, row in zip(texts, pooled["mean"]):
+            ids = encoder.tokenizer(text, return_tensors="pt")
+            mean = encoder.model(**ids).last_hidden_state[0].mean(0)
+            np.testing.assert_allclose(row, torch.nn.functional.normalize(mean, dim=-1).numpy(), atol=1e-5)

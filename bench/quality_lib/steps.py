@@ -115,6 +115,11 @@ def train_arms(summary: dict, arms: list[str], seeds: tuple[int, ...], start: Pa
             summary["arms_per_task"].setdefault(arm, {})[seed] = {
                 t: {m: v["ndcg_at_10"] for m, v in table.items()} for t, table in per_task.items()}
             summary["exports"].setdefault(arm, {})[seed] = str(export)
+    timings: dict[str, list[dict]] = {}
+    for path in sorted((work / "runs").glob("seed*/*/timing.json")):
+        timings.setdefault(path.parent.name, []).append(json.loads(path.read_text(encoding="utf-8")))
+    per_step = {key: sum(t["cpu_s"] for t in ts) / sum(t["steps"] for t in ts) for key, ts in timings.items()}
+    summary["meta"]["cpu_s_per_step"] = per_step
     summary["meta"]["training"] = (f"stage lengths {settings.steps} optimizer steps, train rows of {settings.manifest.parent.name}, "
                                    f"prefixes {'on' if prefixes.active else 'off'}, {settings.nproc} process(es); "
                                    f"training + evaluation {(time.monotonic() - began) / 60:.1f} min")
@@ -129,8 +134,15 @@ def lexical(summary: dict, start: Path, test_dir: Path, work: Path, say) -> None
             models[f"{arms_lib.ARM_LABELS[arm][:3]} seed {seed}"] = (Path(export), prefixes)
     summary["lexical"] = {}
     for name, (model_dir, prefixes) in models.items():
-        cache = work / "eval" / f"lexical-{model_dir.parent.parent.name}-{model_dir.name}.json"
+        cache = work / "eval" / f"lexical-{model_key(model_dir, work)}.json"
         summary["lexical"][name] = lexical_stats(model_dir, test_dir, cache, prefixes, LEXICAL_TEXTS)
+
+
+def model_key(model_dir: Path, work: Path) -> str:
+    """A cache-file name for a model directory under the work folder: runs/seed1/m3-unified/exports/unified
+    -> "seed1-m3-unified-unified" (unique per seed and run, unlike the directory's own name)."""
+    parts = [p for p in model_dir.resolve().relative_to(work.resolve()).parts if p not in ("runs", "exports")]
+    return "-".join(parts)
 
 
 def long_docs(summary: dict, mode, ddtp: Path, start: Path, work: Path, say) -> None:
@@ -146,18 +158,19 @@ def long_docs(summary: dict, mode, ddtp: Path, start: Path, work: Path, say) -> 
         say(f"building the long-document task in {folder}")
         build(ddtp, start, folder, mode.long_languages, mode.long_queries, config)
     stats = json.loads((folder / "stats.json").read_text(encoding="utf-8"))
-    models = {"(a) start": start}
+    models = {"(a) start": (start, Prefixes())}
     if mode.long_mcls_models == "all":
-        models.update({f"(d) seed {s}": Path(e) for s, e in (summary.get("exports") or {}).get("m3", {}).items()})
+        trained = train_prefixes(summary["meta"].get("train_prefixes", False))
+        models.update({f"(d) seed {s}": (Path(e), trained) for s, e in (summary.get("exports") or {}).get("m3", {}).items()})
     table: dict[str, dict[str, float]] = {}
-    for name, model_dir in models.items():
+    for name, (model_dir, prefixes) in models.items():
         long_dir = model_dir.parent / f"{model_dir.name}-{mode.long_max_tokens}pos"
         if not (long_dir / "config.json").is_file():
             extend_positions(model_dir, long_dir, max_positions=mode.long_max_tokens)
-        key = f"{model_dir.parent.parent.name}-{model_dir.name}"
+        key = model_key(model_dir, work)
         for positions, directory in ((512, model_dir), (mode.long_max_tokens, long_dir)):
             say(f"long documents: {name}, {positions} positions, CLS and MCLS")
-            results = evaluate_m3(directory, folder, work / "eval" / f"long-{key}-{positions}.json", Prefixes(),
+            results = evaluate_m3(directory, folder, work / "eval" / f"long-{key}-{positions}.json", prefixes,
                                   ("dense",), batch_size=4, mcls=True)
             for mode_name, label in (("dense", "CLS"), ("dense_mcls", "MCLS")):
                 row = {t: v[mode_name]["ndcg_at_10"] for t, v in results["per_task"].items()}
@@ -172,4 +185,5 @@ def long_docs(summary: dict, mode, ddtp: Path, start: Path, work: Path, say) -> 
         + ", ".join(f"{l} {s['tokens_median']}" for l, s in langs.items()) + "; median needle offset "
         + ", ".join(f"{l} {s['needle_offset_median']}" for l, s in langs.items()) + ". nDCG@10 x100. "
         f"'{mode.long_max_tokens} positions': the position table tiled by tools/extend_positions.py, no training; "
-        "MCLS: one CLS per 256 tokens (framework evaluate --mcls). No prefixes.")}
+        "MCLS: one CLS per 256 tokens (framework evaluate --mcls). The start reads no prefixes, trained models "
+        "the ones they were trained with.")}
