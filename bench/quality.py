@@ -34,13 +34,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # a script in bench/: make `framework`, `tools` and `bench` importable
-    sys.path.insert(0, str(REPO_ROOT))
+# Run as a script, this file's folder heads the import path, so the bench's helpers are `quality_lib`.
+from quality_lib import arms as arms_lib
+from quality_lib import steps
+from quality_lib.report import render
 
-from bench.quality_lib import arms as arms_lib  # noqa: E402
-from bench.quality_lib import steps  # noqa: E402
-from bench.quality_lib.report import render  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 STARTED = time.monotonic()
 

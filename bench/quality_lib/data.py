@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.ddtp.sample import sample_order
+from framework.evaluate.ddtp import sample_order
 
 ROWS_SUFFIX = ".jsonl.gz"
 # Held out of training: three CJK scripts (a model can forget a script it does not see) and two Slavic

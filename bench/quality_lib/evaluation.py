@@ -18,7 +18,7 @@ from pathlib import Path
 
 from framework.evaluate.benchmark import Benchmark, load_benchmark
 
-from bench.quality_lib.data import HELD_OUT, Prefixes, is_held_out
+from .data import HELD_OUT, Prefixes, is_held_out
 
 GROUPS = ("all", "mono-seen", "cross-seen", "mono-held", "cross-held")
 M3_MODES = ("dense", "sparse", "multivec", "dense_sparse", "all", "bm25")
@@ -75,7 +75,7 @@ def evaluate_reference(model_dir: Path, rows_dir: Path, out: Path, batch_size: i
     """mE5's own recipe (prefixes, mean pooling) and CLS with prefixes, cached at `out`."""
     if out.is_file():
         return json.loads(out.read_text(encoding="utf-8"))
-    from bench.quality_lib.me5 import PooledEncoder, evaluate_pooled
+    from .me5 import PooledEncoder, evaluate_pooled
 
     prefixes = Prefixes.me5()
     began = time.monotonic()

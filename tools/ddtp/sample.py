@@ -7,17 +7,12 @@ exactly the full build's rows (same negatives), because mining is seeded per md5
 """
 from __future__ import annotations
 
-import hashlib
+from framework.evaluate.ddtp import sample_order
 
 from .pairs import Pair
 
 # Pairs per monolingual direction (cross-lingual directions follow their language's md5s).
 SAMPLE_CAPS = {"train": 80, "dev": 40, "test": 200}
-
-
-def sample_order(md5: str) -> str:
-    """Sort key of an md5 in the sample order."""
-    return hashlib.sha1(f"ddtp-sample:{md5}".encode("ascii")).hexdigest()
 
 
 def select_sample(directions: dict[str, list[Pair]], cap: int) -> dict[str, list[Pair]]:
