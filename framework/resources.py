@@ -14,7 +14,7 @@ SHIPPED_DIR = PACKAGE_DIR / "_shipped"
 REPO_ROOT = PACKAGE_DIR.parent
 # What a wheel carries (repository-relative globs). setup.py reads this list (keep this module stdlib-only)
 # and copies the files; MANIFEST.in puts the same files in an sdist.
-SHIPPED = ("configs/demo.yaml", "ds_configs/*.json", "data/multilingual_sample.txt", "data/ddtp/**/*")
+SHIPPED = ("configs/demo.yaml", "configs/demo-e5-small.yaml", "ds_configs/*.json", "data/multilingual_sample.txt", "data/ddtp/**/*")
 
 
 def shipped(relative: str) -> Path:
@@ -28,9 +28,10 @@ def shipped(relative: str) -> Path:
                             "pip install -e . in a clone)")
 
 
-def demo_config() -> Path:
-    """configs/demo.yaml: the demo's three-stage curriculum."""
-    return shipped("configs/demo.yaml")
+def demo_config(start: str = "tiny") -> Path:
+    """The demo's three-stage curriculum: configs/demo.yaml for the tiny random start, configs/demo-e5-small.yaml
+    (the pretrained-start recipe's settings) for multilingual-e5-small."""
+    return shipped("configs/demo-e5-small.yaml" if start == "e5-small" else "configs/demo.yaml")
 
 
 def ddtp_dir() -> Path:

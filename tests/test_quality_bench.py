@@ -103,3 +103,41 @@ def test_pooled_encoder_matches_the_m3_reading_and_an_unpadded_mean(tiny_model_d
             ids = encoder.tokenizer(text, return_tensors="pt")
             mean = encoder.model(**ids).last_hidden_state[0].mean(0)
             np.testing.assert_allclose(row, torch.nn.functional.normalize(mean, dim=-1).numpy(), atol=1e-5)
+
+
+def test_e5_demo_trains_with_the_recipe_settings() -> None:
+    """`demo --start e5-small` runs configs/demo-e5-small.yaml: the recipe's curriculum, rates, freezes and
+    losses (configs/recipes/e5-small-m3.yaml), shorter; the tiny model's rates are not used."""
+    from framework.config import read_yaml
+    from framework.demo import CONFIG, E5_CONFIG
+    from framework.resources import demo_config
+    from framework.train.config import load_run_config
+
+    assert demo_config("e5-small") == E5_CONFIG != CONFIG == demo_config("tiny")
+    demo, recipe = read_yaml(E5_CONFIG), read_yaml(Path(__file__).resolve().parents[1] / "configs" / "recipes"
+                                                   / "e5-small-m3.yaml")
+    assert [s["name"] for s in demo["stages"]] == [s["name"] for s in recipe["stages"]]
+    for ours, theirs in zip(demo["stages"], recipe["stages"]):
+        assert ours["optim"] == theirs["optim"] and ours["freeze"] == theirs["freeze"]
+        assert ours["loss"] == theirs["loss"]
+        for key in ("group_size", "query_max_length", "passage_max_length", "buckets"):
+            assert ours["data"][key] == theirs["data"][key], key
+    tiny_rates = {s["optim"]["lr"] for s in read_yaml(CONFIG)["stages"]}
+    assert not tiny_rates & {s["optim"]["lr"] for s in demo["stages"] if s["name"] != "heads"}
+    config = load_run_config(E5_CONFIG, ["model.path=/x", *(f"stages.{s['name']}.data.manifest=/m.json"
+                                                             for s in demo["stages"])])
+    assert [s.name for s in config.stages] == ["heads", "warmup", "unified"]
+
+
+def test_e5_demo_final_table_compares_the_trained_model_with_its_start(capsys: pytest.CaptureFixture) -> None:
+    from framework.demo import compare_with_start
+
+    def results(dense: float, modes: tuple[str, ...]) -> dict:
+        table = {m: {"ndcg_at_10": dense if m == "dense" else 0.5} for m in modes}
+        return {"modes": list(modes), "overall": table, "groups": {"monolingual": table, "cross-lingual": table}}
+
+    compare_with_start(results(0.90, ("dense", "sparse", "all")), results(0.85, ("dense",)))
+    out = capsys.readouterr().out
+    assert "| start (untouched), dense | 85.0 | 85.0 | 85.0 |" in out
+    assert "| trained, dense | 90.0 | 90.0 | 90.0 |" in out and "| trained, sparse | 50.0 |" in out
+    assert "+5.0 nDCG@10 against its start" in out
