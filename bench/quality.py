@@ -67,8 +67,9 @@ class Mode:
 
 MODES = {
     # One seed, short stages: a wiring and direction check in under 20 minutes on 2 quiet cores.
-    "quick": Mode("quick", test_cap=50, train_rows=100, steps={"heads": 5, "warmup": 10, "unified": 10},
-                  seeds=(0,), long_queries=5, long_max_tokens=2048),
+    # The long-document table covers the trained (d) model too (CLS vs MCLS, paper Table 7's direction).
+    "quick": Mode("quick", test_cap=50, train_rows=100, steps={"heads": 4, "warmup": 8, "unified": 8},
+                  seeds=(0,), long_queries=5, long_max_tokens=2048, long_mcls_models="all"),
     # Three seeds for paired differences; the test subset is data/ddtp/test (cap 200).
     "full": Mode("full", test_cap=200, train_rows=1000, steps={"heads": 30, "warmup": 60, "unified": 60},
                  seeds=(0, 1, 2), long_queries=20, long_mcls_models="all"),
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
         manifest = steps.train_shards(work, args.ddtp, start, mode.train_rows, prefixes, say)
         settings = arms_lib.TrainSettings(manifest=manifest, steps=mode.steps, nproc=args.nproc,
                                           overrides=tuple(args.override),
-                                          gradient_checkpointing=True if not steps.has_cuda() else None)
+                                          gradient_checkpointing=None)
         steps.train_arms(summary, args.arms, mode.seeds, start, test_dir, work, settings, prefixes, say)
     steps.lexical(summary, start, test_dir, work, say)
     if not args.no_long_docs:

@@ -70,7 +70,7 @@ class Variant:
 
 def train_variant(variant: Variant, start: Path, work: Path, manifest: Path, steps_per_stage: int) -> Path:
     settings = arms_lib.TrainSettings(manifest=manifest, steps={s: steps_per_stage for s in arms_lib.STAGE_INDEX},
-                                      gradient_checkpointing=True if not steps.has_cuda() else None)
+                                      gradient_checkpointing=None)
     model = start
     for key, recipe_arm, stage in variant.chain():
         config = arms_lib.stage_config(recipe_arm, stage, model, work / "runs" / key, 0, settings)
@@ -81,7 +81,7 @@ def train_variant(variant: Variant, start: Path, work: Path, manifest: Path, ste
 
 
 def table(rows: dict[str, dict[str, float]], extra: dict[str, str]) -> list[str]:
-    header = ["variant", *(GROUP_LABELS[g] for g in GROUPS), "CPU min"]
+    header = ["variant", *(GROUP_LABELS[g] for g in GROUPS), "training wall / CPU min"]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for name, groups in rows.items():
         lines.append(f"| {name} | " + " | ".join(f"{100 * groups[g]:.1f}" for g in GROUPS) + f" | {extra.get(name, '')} |")
@@ -131,10 +131,13 @@ def main(argv: list[str] | None = None) -> None:
                 rows[f"{variant.name}: {mode}"] = means[mode]
         timings = [json.loads(p.read_text()) for key, _, _ in variant.chain()
                    if (p := work / "runs" / key / "timing.json").is_file()]
-        cpu[f"{variant.name}: dense"] = f"{sum(t['cpu_s'] for t in timings) / 60:.1f}"
+        cpu[f"{variant.name}: dense"] = (f"{sum(t['wall_s'] for t in timings) / 60:.1f} / "
+                                         f"{sum(t['cpu_s'] for t in timings) / 60:.1f}")
     lines = ["# Recipe sweep results (bench/recipe_sweep.py, ddtp-dev only)", "",
-             f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}; commit: `{git_commit()}`; wall time "
-             f"{(time.monotonic() - began) / 60:.1f} min on the shared 2-core machine",
+             f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}; commit: `{git_commit()}`; this invocation "
+             f"{(time.monotonic() - began) / 60:.1f} min (cached steps are reused); training times per variant "
+             "in the last column, measured when it trained on the shared 2-core machine (CPU time counts "
+             "spinning OpenMP threads too, so it depends on OMP_NUM_THREADS)",
              f"- command: `python -m bench.recipe_sweep --ddtp {args.ddtp} --steps {args.steps} --train-rows "
              f"{args.train_rows} --dev-cap {args.dev_cap} --variants {' '.join(args.variants)}`",
              f"- training: seed 0, {args.steps} optimizer steps per stage on {args.train_rows} rows per trained "
