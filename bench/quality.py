@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
         steps.long_docs(summary, mode, args.ddtp, start, work, say)
     summary["meta"]["wall_minutes"] = (time.monotonic() - STARTED) / 60
     summary["meta"]["cpu_minutes"] = cpu_minutes()
+    summary["meta"]["measured"] = steps.measured_cost(work)
     (work / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     text = render(summary)
     if str(args.results) != "-":

@@ -164,6 +164,12 @@ def render(summary: dict) -> str:
              f"- test: {meta['test']}",
              f"- held out of training (both directions): {', '.join(meta['held_out'])}",
              f"- training: {meta.get('training', 'not run')}"]
+    if meta.get("measured"):
+        m = meta["measured"]
+        lines.append(f"- measured cost of every step when it ran (this invocation reuses cached steps): "
+                     f"{m['stage_runs']} training stage runs {m['train_wall_min']:.1f} min wall / "
+                     f"{m['train_cpu_min']:.1f} CPU min, {m['evaluations']} evaluations {m['eval_wall_min']:.1f} min "
+                     "wall (lexical statistics not timed)")
     if meta.get("cpu_s_per_step"):
         lines.append("- CPU seconds per optimizer step (runs of this report; the quiet-machine wall time is about "
                      "this over the cores): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(meta["cpu_s_per_step"].items())))

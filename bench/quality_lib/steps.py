@@ -189,3 +189,14 @@ def long_docs(summary: dict, mode, ddtp: Path, start: Path, work: Path, say) -> 
         f"'{mode.long_max_tokens} positions': the position table tiled by tools/extend_positions.py, no training; "
         "MCLS: one CLS per 256 tokens (framework evaluate --mcls). The start reads no prefixes, trained models "
         "the ones they were trained with.")}
+
+
+def measured_cost(work: Path) -> dict[str, float]:
+    """Wall and CPU minutes the work folder's steps took when they ran (cached steps included): the stage
+    runs' timing.json and the evaluations' own timings. A rerun that reuses steps reports their cost here."""
+    timings = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(work.glob("runs/seed*/*/timing.json"))]
+    evals = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((work / "eval").glob("*.json"))]
+    eval_s = sum(e.get("timings", {}).get("total_s", e.get("total_s", 0.0)) for e in evals)
+    return {"stage_runs": len(timings), "train_wall_min": sum(t["wall_s"] for t in timings) / 60,
+            "train_cpu_min": sum(t["cpu_s"] for t in timings) / 60, "evaluations": len(evals),
+            "eval_wall_min": eval_s / 60}
