@@ -108,7 +108,11 @@ def check_work_settings(work: Path, settings: dict) -> None:
             raise SystemExit(f"{work} holds runs made with other settings ({', '.join(changed)}: "
                              f"{[before.get(k) for k in changed]} -> {[settings[k] for k in changed]}); pass another "
                              "--work or delete that folder")
-    path.write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
+    # Written whole under another name, then renamed: invocations sharing the folder (one arm each) never
+    # read a half-written file.
+    partial = path.with_name(f"settings.json.{os.getpid()}")
+    partial.write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
+    partial.replace(path)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -141,3 +141,27 @@ def test_e5_demo_final_table_compares_the_trained_model_with_its_start(capsys: p
     assert "| start (untouched), dense | 85.0 | 85.0 | 85.0 |" in out
     assert "| trained, dense | 90.0 | 90.0 | 90.0 |" in out and "| trained, sparse | 50.0 |" in out
     assert "+5.0 nDCG@10 against its start" in out
+
+
+def test_targets_name_what_reproduced_and_refuse_a_noise_verdict_at_one_seed() -> None:
+    from bench.quality_lib.targets import checks
+
+    groups = ("all", "mono-seen", "cross-seen", "mono-held", "cross-held")
+
+    def row(value: float) -> dict:
+        return {g: value for g in groups}
+
+    zero = {"dense": row(0.80), "mean_prefix": row(0.85), "all": row(0.88), "bm25": row(0.70)}
+    m3 = {"dense": row(0.90), "sparse": row(0.60), "dense_sparse": row(0.89), "all": row(0.93)}
+    summary = {"zero_shot": zero, "arms": {"m3": {0: m3}, "no_kd": {0: dict(m3, sparse=row(0.55))}},
+               "zero_shot_per_task": {"de": {"bm25": 0.95}, "de-en": {"bm25": 0.5}},
+               "arms_per_task": {"m3": {0: {"de": {"all": 0.93}, "de-en": {"all": 0.9}}}}}
+    lines = checks(summary)
+    assert lines[0].endswith("**reproduced**") and "+10.0 [+10.0]" in lines[0]
+    assert "dense+sparse - dense -1.0 [-1.0] -> **not reproduced**" in lines[2]
+    assert "**not decidable with one seed**" in lines[3] and "+5.0 [+5.0]" in lines[3]
+    assert lines[5] == "monolingual directions where BM25 still beats (d) all: de by 2.0"
+    assert lines[6].endswith("**reproduced**")
+    summary["arms"]["no_kd"] = {0: dict(m3, sparse=row(0.55)), 1: dict(m3, sparse=row(0.57))}
+    summary["arms"]["m3"] = {0: m3, 1: dict(m3, sparse=row(0.61))}
+    assert checks(summary)[3].endswith("**reproduced**")  # +5 and +4: mean 4.5 > 2 x SE 0.5

@@ -10,6 +10,7 @@ from __future__ import annotations
 from .arms import ARM_LABELS, ARMS
 from .evaluation import GROUPS
 from .stats import estimate, fmt, paired
+from .targets import targets_section
 
 ZERO_SHOT_ROWS = [
     ("dense", "Dense (CLS, as M3 reads it)"), ("sparse", "Sparse (random head)"),
@@ -174,7 +175,7 @@ def render(summary: dict) -> str:
         lines.append("- CPU seconds per optimizer step (runs of this report; the quiet-machine wall time is about "
                      "this over the cores): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(meta["cpu_s_per_step"].items())))
     lines.append("")
-    lines += zero_shot_section(summary) + arms_section(summary) + lexical_section(summary)
+    lines += zero_shot_section(summary) + arms_section(summary) + targets_section(summary) + lexical_section(summary)
     lines += long_docs_section(summary) + per_direction_section(summary)
     for note in meta.get("notes", []):
         lines.append(f"- {note}")
