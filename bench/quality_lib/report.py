@@ -157,9 +157,10 @@ def long_docs_section(summary: dict) -> list[str]:
 def render(summary: dict) -> str:
     meta = summary["meta"]
     lines = ["# Results: multilingual-e5-small into M3 on DDTP (bench/quality.py)", "",
-             f"- date: {meta['date']}; commit: `{meta['commit']}`; mode: {meta['mode']}; wall time "
-             f"{meta['wall_minutes']:.1f} min on {meta['machine']} (CPU time {meta.get('cpu_minutes', 0):.1f} min: "
-             "the machine is shared, so wall time is an upper bound)",
+             f"- date: {meta['date']}; commit: `{meta['commit']}`; mode: {meta['mode']}; this invocation "
+             f"{meta['wall_minutes']:.1f} min wall on {meta['machine']} (CPU time {meta.get('cpu_minutes', 0):.1f} min; "
+             "steps found in the work folder are reused, their cost when they ran is the 'measured cost' line; "
+             "the machine is shared, so wall times are upper bounds)",
              f"- command: `{meta['command']}`",
              f"- data: {meta['data']}",
              f"- test: {meta['test']}",
