@@ -165,3 +165,16 @@ def test_targets_name_what_reproduced_and_refuse_a_noise_verdict_at_one_seed() -
     summary["arms"]["no_kd"] = {0: dict(m3, sparse=row(0.55)), 1: dict(m3, sparse=row(0.57))}
     summary["arms"]["m3"] = {0: m3, 1: dict(m3, sparse=row(0.61))}
     assert checks(summary)[3].endswith("**reproduced**")  # +5 and +4: mean 4.5 > 2 x SE 0.5
+
+
+def test_sweep_variants_name_their_stage_chain_and_refuse_unknown_names() -> None:
+    from bench.recipe_sweep import Variant
+
+    dense = Variant.parse("lr1e-4-noprefix")
+    assert (dense.lr, dense.prefixes, dense.chain()) == (1e-4, False, [("lr1e-4-noprefix", "dense", "warmup")])
+    adapted = Variant.parse("m3-lr2e-5-adapt")
+    assert adapted.prefixes and [stage for _, _, stage in adapted.chain()] == ["warmup", "heads", "unified"]
+    assert [arm for _, arm, _ in adapted.chain()] == ["dense", "m3", "m3"]
+    for bad in ("lr-fast", "lr2e-5-adapt"):
+        with pytest.raises(SystemExit, match="--variants"):
+            Variant.parse(bad)
