@@ -1,4 +1,9 @@
-"""Hard-negative mining on a small JSONL file: invariants, bad rows, determinism, resume, both retrievers."""
+"""Hard-negative mining on a small JSONL file: invariants, bad rows, determinism, resume and parts, both
+retrievers; the choosing rules (rank and score windows, margins to the positive) on crafted rankings and
+against an independent BM25 / cross-encoder computation; teacher rescoring and written scores.
+
+Shape suffixes: K results per query, C candidates.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -6,13 +11,19 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
 from framework.inference import M3Embedder
-from framework.retrieval import BM25Config, BM25Index, DenseIndex
+from framework.retrieval import MISSING_ID, BM25Config, BM25Index, DenseIndex, tokenize
+from framework.teacher import CrossEncoderConfig, ScorePair, load_teacher
+from tools.build_cross_encoder import build_cross_encoder
 from tools.mine_hard_negatives import main
-from tools.mining import MiningConfig, mine, state_path_of
+from tools.mining import (RULES, MiningConfig, MiningReport, ScoreRules, counts_path_of, merge_mined, mine,
+                          report_path_of, state_path_of)
+from tools.mining.choose import apply_margins, draw, margin_limits, window_candidates
+from tools.mining.rankers import BM25Retriever
 
 NUM_ROWS = 80
 CHUNK = 16
@@ -32,6 +43,8 @@ BAD_LINES = {
 def good_rows(sample_text_file: Path) -> list[dict]:
     lines = [line.strip() for line in sample_text_file.read_text(encoding="utf-8").splitlines() if line.strip()]
     rows = [{"query": line.split(", ")[0], "pos": [line], "id": i} for i, line in enumerate(lines[:NUM_ROWS])]
+    for row in rows[::3]:
+        row["source"] = "alpha"  # the others count under the input file's name, as make_shards names them
     rows[3]["pos"].append(lines[40])          # a second positive that is another row's only positive
     rows[5]["pos"] = ["  " + lines[6] + "  "]  # the same passage as row 6's, up to surrounding whitespace
     rows[7]["neg"], rows[7]["neg_scores"] = ["old negative"], [0.5]
@@ -169,6 +182,7 @@ def test_resume_gives_the_uninterrupted_file(input_file: Path, tokenizer_dir: Pa
         out = tmp_path / f"resumed-{cut}.jsonl"
         out.write_bytes(full[:cut])
         shutil.copyfile(state_path_of(complete), state_path_of(out))
+        shutil.copyfile(counts_path_of(complete), counts_path_of(out))  # written before each chunk's lines
         report = mine(input_file, out, config)
         assert out.read_bytes() == full, cut
         # Kept lines are checked and counted too, so the report covers the whole file either way.
@@ -186,7 +200,7 @@ def test_resume_refuses_a_foreign_output(input_file: Path, tokenizer_dir: Path, 
     lines = out.read_bytes().split(b"\n")
     lines[2] = lines[2].replace(b'"query": "', b'"query": "X')
     out.write_bytes(b"\n".join(lines[:CHUNK + 1]))
-    with pytest.raises(ValueError, match="line 3 is not input line 3"):
+    with pytest.raises(ValueError, match="line 3 is not what input line 3 becomes"):
         mine(input_file, out, config_for(tokenizer_dir))
     state_path_of(out).unlink()
     with pytest.raises(ValueError, match="missing"):
@@ -256,7 +270,7 @@ def test_rows_are_parsed_as_make_shards_parses_them() -> None:
     """Mining parses rows with framework/data/records.py: the same aliases, checks and reasons as the shards
     (before, tools/mining/rows.py parsed them again: it refused pair aliases and kept rows the shards reject)."""
     from framework.data.records import REJECT_REASONS
-    from tools.mining.config import BAD_REASONS, BadRow, MiningReport
+    from tools.mining.config import BAD_REASONS, BadRow
     from tools.mining.rows import parse_row, render_row
 
     row, record = parse_row(b'{"text_a": "a query", "text_b": "its passage", "negative": ["old"], "id": 3}')

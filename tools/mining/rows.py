@@ -1,4 +1,4 @@
-"""Input rows and candidate pools: parsing a JSONL line, rendering it back, and the pool of passages.
+"""Input rows and candidate pools: parsing a JSONL line, rendering it back (with scores), and the pool.
 
 A row is parsed by framework/data/records.py, as tools/make_shards.py parses it (the same aliases,
 reasons and checks), so a row mined here is one the shards accept; texts are not cut (max_chars), since
@@ -6,15 +6,16 @@ mining writes them back.
 """
 from __future__ import annotations
 
-import gzip
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 from framework.data.records import ALIASES, BadRecord, Record, RecordConfig, load_json_line, normalize_record
 from framework.data.sources import RowPrompter
-from .config import BadRow, MiningConfig, MiningReport
+from framework.jobs import iter_lines
+from framework.teacher.rows import EMPTY_PASSAGE_SCORE
+from .config import BadRow, MiningConfig
+from .report import MiningReport
 
 CORPUS_JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
 
@@ -48,11 +49,25 @@ def neg_field(row: dict) -> str:
     return next((name for name in ALIASES["neg"] if name in row), "neg")
 
 
-def render_row(row: dict, negatives: list[str], report: MiningReport) -> bytes:
-    """The row with its negatives replaced (in place when present, else appended as `neg`) and stale
-    neg_scores dropped."""
+def pos_entries(row: dict) -> list[str]:
+    """Every entry of the row's positive field as written (blank ones included: scores follow entries)."""
+    value = row[next(name for name in ALIASES["pos"] if name in row)]
+    return [value] if isinstance(value, str) else list(value)
+
+
+def render_row(row: dict, negatives: list[str], report: MiningReport,
+               scores: tuple[list[float], list[float]] | None = None) -> bytes:
+    """The row with its negatives replaced (in place when present, else appended as `neg`); with `scores`
+    (pos_scores of the record's non-blank positives, neg_scores of `negatives`) both score fields are set,
+    a blank positive getting EMPTY_PASSAGE_SCORE as tools/score_pairs.py gives it, else stale neg_scores
+    are dropped."""
     out = dict(row)
-    if "neg_scores" in out:
+    if scores is not None:
+        pos_scores = iter(scores[0])
+        out["pos_scores"] = [next(pos_scores) if text.strip() else EMPTY_PASSAGE_SCORE for text in pos_entries(row)]
+        out["neg_scores"] = list(scores[1])
+        report.num_scores_written += 1
+    elif "neg_scores" in out:
         del out["neg_scores"]
         report.num_neg_scores_dropped += 1
     out[neg_field(row)] = negatives
@@ -61,14 +76,6 @@ def render_row(row: dict, negatives: list[str], report: MiningReport) -> bytes:
     except UnicodeEncodeError:
         # A lone surrogate escape in some other field: keep it escaped, as the input had it.
         return json.dumps(out).encode("ascii")
-
-
-def iter_lines(path: Path) -> Iterator[bytes]:
-    """Raw lines without their newline; .gz files are decompressed."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        for line in handle:
-            yield line[:-1] if line.endswith(b"\n") else line
 
 
 class Pool:
@@ -108,21 +115,22 @@ def scan_input(path: Path, config: MiningConfig, fill_pool: bool, prompter: RowP
     return num_lines, pool
 
 
-def read_corpus(path: Path, report: MiningReport, prompter: RowPrompter | None = None) -> Pool:
-    """Pool from --corpus: JSONL strings or {"text": ...} objects, or plain lines; bad lines are counted.
-    Passages are shown with the passage prompt of their object's "source" (else --source, else the default)."""
+def read_corpus(path: Path, bad: dict[str, int], prompter: RowPrompter | None = None) -> Pool:
+    """Pool from --corpus: JSONL strings or {"text": ...} objects, or plain lines; bad lines are counted in
+    `bad` by reason ("unreadable", "no_text"). Passages are shown with the passage prompt of their object's
+    "source" (else --source, else the default)."""
     pool, is_jsonl = Pool(), path.name.endswith(CORPUS_JSONL_SUFFIXES)
     for raw in iter_lines(path):
         try:
             text = raw.decode("utf-8")
             item = json.loads(text) if is_jsonl else text.removesuffix("\r")
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-            report.corpus_bad["unreadable"] = report.corpus_bad.get("unreadable", 0) + 1
+            bad["unreadable"] = bad.get("unreadable", 0) + 1
             continue
         row = item if isinstance(item, dict) else {}
         item = item.get("text") if isinstance(item, dict) else item
         if not text_ok(item):
-            report.corpus_bad["no_text"] = report.corpus_bad.get("no_text", 0) + 1
+            bad["no_text"] = bad.get("no_text", 0) + 1
             continue
         pool.add(item, None if prompter is None else prompter.passage(row, item))
     if not pool.texts:
