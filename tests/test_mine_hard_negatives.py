@@ -282,3 +282,239 @@ def test_rows_are_parsed_as_make_shards_parses_them() -> None:
     assert caught.value.reason == "scores_length_mismatch" and set(BAD_REASONS) == set(REJECT_REASONS)
     long = "x" * 200_000  # make_shards cuts texts to max_chars; mining writes them back whole
     assert parse_row(json.dumps({"query": "q", "pos": [long]}).encode())[1].pos == (long,)
+
+
+# --- The choosing rules on crafted rankings ----------------------------------------------------------------
+
+def test_window_rules_count_a_candidate_under_the_first_rule_that_drops_it(tokenizer_dir: Path) -> None:
+    config = config_for(tokenizer_dir, num_neg=2, range_start=2, range_end=8,
+                        rules=ScoreRules(max_score=0.9, min_score=0.2))
+    ids_K = np.array([10, 11, 12, 13, 14, 15, 16, MISSING_ID])
+    scores_K = np.array([0.99, 0.8, 0.95, 0.7, 0.5, 0.1, 0.3, 0.0], dtype=np.float32)
+    found = window_candidates(ids_K, scores_K, exclude={10, 13}, config=config)
+    # Rank 0 is a positive, before range_start and above max_score: it counts once, as a positive.
+    assert found.ids_C.tolist() == [14, 16] and found.scores_C.tolist() == pytest.approx([0.5, 0.3])
+    assert found.counts.candidates == 7 and found.counts.eligible == 2  # MISSING_ID is no candidate
+    assert found.counts.removed == {"positive": 2, "rank_window": 1, "max_score": 1, "min_score": 1,
+                                    "absolute_margin": 0, "relative_margin": 0}
+
+
+@pytest.mark.parametrize("positives, rules, limits", [
+    ([0.8, 0.9], ScoreRules(absolute_margin=0.1), {"absolute_margin": 0.7}),  # the weakest positive counts
+    ([0.8], ScoreRules(relative_margin=0.05), {"relative_margin": 0.76}),     # pos x (1 - margin)
+    ([-2.0], ScoreRules(relative_margin=0.1), {"relative_margin": -2.2}),     # a logit below 0: still below pos
+    ([3.0], ScoreRules(absolute_margin=0.0, relative_margin=0.5), {"absolute_margin": 3.0, "relative_margin": 1.5}),
+    ([3.0], ScoreRules(max_score=5.0), {}),
+])
+def test_margin_limits_are_relative_to_the_weakest_positive(positives: list[float], rules: ScoreRules,
+                                                            limits: dict[str, float]) -> None:
+    assert margin_limits(np.array(positives, dtype=np.float32), rules) == pytest.approx(limits)
+
+
+def test_margins_drop_what_scores_too_close_to_the_positive(tokenizer_dir: Path) -> None:
+    config = config_for(tokenizer_dir, num_neg=2, range_start=0, range_end=6)
+    found = window_candidates(np.arange(5), np.array([0.85, 0.75, 0.7, 0.5, 0.79], dtype=np.float32), set(), config)
+    # absolute limit 0.8 - 0.02 = 0.78 drops 0.85 and 0.79; relative limit 0.8 x 0.9 = 0.72 drops 0.75 too.
+    kept = apply_margins(found, np.array([0.8], dtype=np.float32), ScoreRules(absolute_margin=0.02, relative_margin=0.1))
+    assert kept.ids_C.tolist() == [2, 3]
+    assert (kept.counts.removed["absolute_margin"], kept.counts.removed["relative_margin"]) == (2, 1)
+    chosen = draw(kept, config, line=1)  # no more than num_neg left: all of them, nothing drawn
+    assert chosen.ids_C.tolist() == [2, 3] and (chosen.counts.chosen, chosen.counts.short_rows) == (2, 0)
+
+
+def test_the_draw_is_seeded_by_the_line_and_keeps_rank_order(tokenizer_dir: Path) -> None:
+    config = config_for(tokenizer_dir, num_neg=4, range_start=0, range_end=20)
+
+    def drawn(line: int, seed: int = 0) -> list[int]:
+        found = window_candidates(np.arange(20) + 100, np.linspace(1, 0, 20, dtype=np.float32), set(), config)
+        return draw(found, dataclasses.replace(config, seed=seed), line).ids_C.tolist()
+
+    assert drawn(7) == drawn(7) == sorted(drawn(7)) and len(set(drawn(7))) == 4
+    assert len({tuple(drawn(line)) for line in range(1, 9)}) > 4 and drawn(7) != drawn(7, seed=1)
+    short = draw(window_candidates(np.arange(3), np.zeros(3, np.float32), {1}, config), config, 1)
+    assert short.ids_C.tolist() == [0, 2] and (short.counts.chosen, short.counts.short_rows) == (2, 1)
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"relative_margin": 1.0}, r"\[0, 1\)"), ({"absolute_margin": -0.1}, ">= 0"), ({"max_score": float("nan")}, "finite"),
+    ({"min_score": 2.0, "max_score": 1.0}, "window is empty"),
+])
+def test_score_rule_errors_name_the_fix(changes: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ScoreRules(**changes)
+
+
+def test_rescoring_without_a_margin_or_scores_is_refused(tokenizer_dir: Path) -> None:
+    with pytest.raises(ValueError, match="--relative-margin, or --output-scores"):
+        config_for(tokenizer_dir, rescore_with=str(tokenizer_dir))
+    with pytest.raises(ValueError, match="scale"):
+        config_for(tokenizer_dir, output_scores=True, scale=0.0)
+
+
+# --- The rules in whole runs, against independent computations ---------------------------------------------
+
+SURE = 1e-4  # a score this close to a threshold is float noise away from it: counted as either side
+
+
+def expected_counts(input_file: Path, ranked, score_pos, rules: ScoreRules, range_start: int, range_end: int,
+                    sure: float = SURE) -> tuple[dict[str, dict[str, int]], dict[str, set[str]], int]:
+    """Source -> rule -> removed, row query -> eligible texts, and how many candidates lie within SURE of
+    the threshold that decides them (`sure`), recomputed from `ranked(query) -> [(text, choosing score)]` and
+    `score_pos(query, positives) -> scores`, by the rules' definitions."""
+    counts: dict[str, dict[str, int]] = {}
+    eligible: dict[str, set[str]] = {}
+    near = 0
+    for line, raw in enumerate(input_lines(input_file), start=1):
+        if line in BAD_LINES:
+            continue
+        row = json.loads(raw)
+        forbidden = {p.strip() for p in row["pos"]} | {row["query"].strip()}
+        weakest = float(np.min(score_pos(row["query"], row["pos"])))
+        limits = {"absolute_margin": None if rules.absolute_margin is None else weakest - rules.absolute_margin,
+                  "relative_margin": None if rules.relative_margin is None else
+                  weakest - rules.relative_margin * abs(weakest)}
+        removed = counts.setdefault(row.get("source", "train"), dict.fromkeys(RULES, 0))
+        eligible[row["query"]] = set()
+        for rank, (text, retrieved, choosing) in enumerate(ranked(row)[:range_end]):
+            if text.strip() in forbidden:
+                removed["positive"] += 1
+                continue
+            if rank < range_start:
+                removed["rank_window"] += 1
+                continue
+            checks = [("max_score", retrieved, rules.max_score, 1), ("min_score", retrieved, rules.min_score, -1),
+                      *((rule, choosing, limit, 1) for rule, limit in limits.items())]
+            rule = None
+            for name, score, threshold, sign in checks:
+                if threshold is None:
+                    continue
+                near += abs(score - threshold) < sure
+                if sign * (score - threshold) > 0:
+                    rule = name
+                    break
+            if rule is None:
+                eligible[row["query"]].add(text)
+            else:
+                removed[rule] += 1
+    return counts, eligible, near
+
+
+def bm25_of(input_file: Path, tokenizer_dir: Path):
+    """An independent BM25 over the default pool: ranked(row) -> [(text, score, score)], score_pos."""
+    pool = pool_of(input_file)
+    index = BM25Index.build(pool, AutoTokenizer.from_pretrained(str(tokenizer_dir)),
+                            BM25Config(max_doc_length=512, max_query_length=512))
+    by_text = {text.strip(): i for i, text in enumerate(pool)}
+
+    def scores_of(query: str) -> dict[int, float]:
+        scores_K, ids_K = index.search([query], len(pool))
+        return {int(i): float(s) for i, s in zip(ids_K[0], scores_K[0]) if i != MISSING_ID}
+
+    def ranked(row: dict) -> list[tuple[str, float, float]]:
+        scores_K, ids_K = index.search([row["query"]], 30)
+        return [(pool[i], float(s), float(s)) for i, s in zip(ids_K[0], scores_K[0]) if i != MISSING_ID]
+
+    def score_pos(query: str, positives: list[str]) -> list[float]:
+        found = scores_of(query)  # every positive is in the default pool; one sharing no token scores 0
+        return [found.get(by_text[p.strip()], 0.0) for p in positives]
+
+    return ranked, score_pos, scores_of, by_text
+
+
+def test_bm25_score_rules_and_written_scores_match_an_independent_bm25(input_file: Path, tokenizer_dir: Path,
+                                                                       tmp_path: Path) -> None:
+    rules = ScoreRules(max_score=6.0, min_score=0.3, absolute_margin=0.5, relative_margin=0.5)
+    config = config_for(tokenizer_dir, rules=rules, output_scores=True, scale=2.0)
+    report = mine(input_file, tmp_path / "out.jsonl", config)
+    ranked, score_pos, scores_of, by_text = bm25_of(input_file, tokenizer_dir)
+    counts, eligible, near = expected_counts(input_file, ranked, score_pos, rules, 2, 30)
+    assert near == 0  # no candidate of this input sits on a threshold, so the counts must match exactly
+    assert {name: c.removed for name, c in report.sources.items()} == counts
+    assert all(count > 0 for rule, count in report.overall().removed.items()), report.overall().removed
+    assert set(report.sources) == {"alpha", "train"} and report.num_scores_written == NUM_ROWS
+    for row, out in valid_pairs(input_file, tmp_path / "out.jsonl"):
+        assert set(out["neg"]) <= eligible[row["query"]]
+        assert len(out["neg"]) == min(5, len(eligible[row["query"]]))
+        found = scores_of(row["query"])
+        assert out["neg_scores"] == pytest.approx([2 * found[by_text[t.strip()]] for t in out["neg"]], rel=1e-5)
+        assert out["pos_scores"] == pytest.approx([2 * s for s in score_pos(row["query"], row["pos"])], rel=1e-5)
+    saved = json.loads(report_path_of(tmp_path / "out.jsonl").read_text(encoding="utf-8"))
+    assert saved["sources"]["alpha"]["removed"] == counts["alpha"] and saved["overall"]["rows"] == NUM_ROWS
+
+
+@pytest.fixture(scope="module")
+def cross_encoder_dir(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random one-logit XLM-R cross-encoder of the tiny shape (as tests/test_teacher.py builds); read-only."""
+    return build_cross_encoder(tokenizer_dir, tmp_path_factory.mktemp("cross_encoder"), seed=0)
+
+
+def test_cross_encoder_rescoring_chooses_by_the_teachers_scores(input_file: Path, tokenizer_dir: Path,
+                                                                 cross_encoder_dir: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    # The random teacher's scores spread over ~1e-4 around 0.027, so a 0.1 % relative margin drops about half.
+    out = tmp_path / "cli.jsonl"
+    report = main([str(input_file), "--out", str(out), "--model", str(tokenizer_dir), "--method", "bm25",
+                   "--num-neg", "5", "--range-start", "2", "--range-end", "30", "--chunk-size", str(CHUNK),
+                   "--max-score", "15", "--relative-margin", "0.001", "--rescore-with", str(cross_encoder_dir),
+                   "--rescore-max-length", "128", "--output-scores"])
+    assert "relative_margin" in capsys.readouterr().out
+    teacher = load_teacher(CrossEncoderConfig(str(cross_encoder_dir), max_length=128))
+    ranked_bm25, _, _, _ = bm25_of(input_file, tokenizer_dir)
+
+    def ranked(row: dict) -> list[tuple[str, float, float]]:
+        found = ranked_bm25(row)
+        choosing = teacher.score([ScorePair(row["query"], text) for text, _, _ in found])
+        return [(text, retrieved, float(s)) for (text, retrieved, _), s in zip(found, choosing)]
+
+    def score_pos(query: str, positives: list[str]) -> np.ndarray:
+        return teacher.score([ScorePair(query, p) for p in positives])
+
+    rules = ScoreRules(max_score=15.0, relative_margin=0.001)
+    # Scored again here in other batches, a pair's score may move by float noise: the margin's count must
+    # match up to the candidates that lie that close to their limit.
+    counts, eligible, near = expected_counts(input_file, ranked, score_pos, rules, 2, 30, sure=1e-6)
+    assert near < 40
+    for name, removed in counts.items():
+        got = report.sources[name].removed
+        assert {r: got[r] for r in RULES if r != "relative_margin"} == {
+            r: removed[r] for r in RULES if r != "relative_margin"}
+        assert abs(got["relative_margin"] - removed["relative_margin"]) <= near
+    total = report.overall()
+    assert 0.2 < total.removed["relative_margin"] / (total.removed["relative_margin"] + total.eligible) < 0.8
+    assert report.num_teacher_pairs == sum(len(json.loads(raw)["pos"]) for line, raw in
+                                           enumerate(input_lines(input_file), 1) if line not in BAD_LINES) + \
+        total.removed["relative_margin"] + total.eligible
+    for row, out_row in valid_pairs(input_file, out):
+        pos_C = score_pos(row["query"], row["pos"])
+        assert out_row["pos_scores"] == pytest.approx(pos_C.tolist(), abs=1e-6)
+        neg_C = teacher.score([ScorePair(row["query"], text) for text in out_row["neg"]])
+        assert out_row["neg_scores"] == pytest.approx(neg_C.tolist(), abs=1e-6)
+        limit = float(pos_C.min()) * (1 - 0.001)
+        assert all(score <= limit + 1e-6 for score in out_row["neg_scores"]), row["query"]
+        assert set(out_row["neg"]) <= {text for text, retrieved, _ in ranked_bm25(row)[2:30] if retrieved <= 15}
+    api = mine(input_file, tmp_path / "api.jsonl", config_for(
+        tokenizer_dir, rules=rules, rescore_with=str(cross_encoder_dir), rescore_max_length=128, output_scores=True))
+    assert (tmp_path / "api.jsonl").read_bytes() == out.read_bytes() and api.to_json() == report.to_json()
+
+
+def test_rescored_runs_resume_and_merge_byte_identical(input_file: Path, tokenizer_dir: Path,
+                                                       cross_encoder_dir: Path, tmp_path: Path) -> None:
+    config = config_for(tokenizer_dir, rules=ScoreRules(relative_margin=0.001), rescore_with=str(cross_encoder_dir),
+                        rescore_max_length=128, output_scores=True)
+    complete = tmp_path / "complete.jsonl"
+    full_report = mine(input_file, complete, config).to_json()
+    full = complete.read_bytes()
+    out = tmp_path / "resumed.jsonl"
+    out.write_bytes(full[:cut_points(full)[3]])  # died mid-chunk, after one chunk's counts
+    shutil.copyfile(state_path_of(complete), state_path_of(out))
+    shutil.copyfile(counts_path_of(complete), counts_path_of(out))
+    resumed = mine(input_file, out, config).to_json()
+    assert out.read_bytes() == full and resumed["num_resumed"] == CHUNK
+    assert {**resumed, "num_resumed": 0, "num_teacher_pairs": 0} == {**full_report, "num_resumed": 0,
+                                                                    "num_teacher_pairs": 0}
+    split = tmp_path / "split.jsonl"
+    for part in range(3):
+        mine(input_file, split, config, part=part, num_parts=3)
+    merged = merge_mined(split, 3).to_json()
+    assert split.read_bytes() == full and merged == full_report
+    assert mine(input_file, split, config).num_resumed == NUM_ROWS + len(BAD_LINES)  # found finished
