@@ -518,3 +518,39 @@ def test_rescored_runs_resume_and_merge_byte_identical(input_file: Path, tokeniz
     merged = merge_mined(split, 3).to_json()
     assert split.read_bytes() == full and merged == full_report
     assert mine(input_file, split, config).num_resumed == NUM_ROWS + len(BAD_LINES)  # found finished
+
+
+@pytest.mark.slurm
+def test_slurm_array_mines_the_parts_and_the_dependent_merge_joins_them(input_file: Path, tokenizer_dir: Path,
+                                                                       tmp_path: Path) -> None:
+    import sys
+
+    from tests.slurm_cluster import LocalSlurm, ensure_installed
+
+    reason = ensure_installed()
+    if reason:
+        pytest.skip(reason)
+    repo = Path(__file__).resolve().parents[1]
+    cluster, out = LocalSlurm(tmp_path / "slurm"), tmp_path / "mined.jsonl"
+    env = {"M3_REPO": str(repo), **({"M3_VENV": sys.prefix} if sys.prefix != sys.base_prefix else {})}
+    args = [str(input_file), "--out", str(out), "--model", str(tokenizer_dir), "--method", "bm25", "--num-neg", "5",
+            "--range-start", "2", "--range-end", "30", "--chunk-size", str(CHUNK), "--absolute-margin", "0.5",
+            "--output-scores"]
+    try:
+        cluster.start()
+        # The test node has no GPU: --gpus=0 cancels the script's GPU request.
+        array_id = cluster.sbatch(["--array=0-1", "--gpus=0", "--cpus-per-task=1", f"--output={tmp_path}/part-%a.out",
+                                   str(repo / "slurm" / "mine_hard_negatives.sbatch"), *args], env=env, cwd=tmp_path)
+        merge_id = cluster.sbatch([f"--dependency=afterok:{array_id}", f"--output={tmp_path}/merge.out",
+                                   str(repo / "slurm" / "merge_mined.sbatch"), "--out", str(out), "--num-parts", "2"],
+                                  env=env, cwd=tmp_path)
+        states = cluster.wait([array_id, merge_id], timeout=300)
+        logs = "".join(log.read_text(errors="replace") for log in sorted(tmp_path.glob("*.out")))
+        assert set(states.values()) == {"COMPLETED"}, f"{states}\n{logs}\n{cluster.daemon_logs()}"
+    finally:
+        cluster.stop()
+    assert f"merged 2 parts -> {out}" in logs and "absolute_margin" in logs
+    config = config_for(tokenizer_dir, rules=ScoreRules(absolute_margin=0.5), output_scores=True)
+    single = mine(input_file, tmp_path / "single.jsonl", config)
+    assert out.read_bytes() == (tmp_path / "single.jsonl").read_bytes()
+    assert MiningReport.load(report_path_of(out)).sources.keys() == single.sources.keys()
