@@ -102,7 +102,7 @@ def mine_arm(arm_dir: Path, tokenizer: Path, corpora: dict[str, Path], rules: di
         total.add(report)
     manifest = arm_dir / "shards" / "manifest.json"
     if not manifest.is_file():
-        make_shards([*map(str, sorted(train_dir.glob("*.jsonl"))), "--out", str(manifest.parent), "--tokenizer",
+        make_shards([*(str(train_dir / f"{source}.jsonl") for source in corpora), "--out", str(manifest.parent), "--tokenizer",
                      str(tokenizer), "--pretokenize", "--max-length", str(MAX_LENGTH)])
     return manifest, total
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
+from framework.data.prepare.inputs import expand_inputs
 from framework.inference import M3Embedder
 from framework.retrieval import MISSING_ID, BM25Config, BM25Index, DenseIndex, tokenize
 from framework.teacher import CrossEncoderConfig, ScorePair, load_teacher
@@ -440,6 +441,8 @@ def test_bm25_score_rules_and_written_scores_match_an_independent_bm25(input_fil
         assert out["pos_scores"] == pytest.approx([2 * s for s in score_pos(row["query"], row["pos"])], rel=1e-5)
     saved = json.loads(report_path_of(tmp_path / "out.jsonl").read_text(encoding="utf-8"))
     assert saved["sources"]["alpha"]["removed"] == counts["alpha"] and saved["overall"]["rows"] == NUM_ROWS
+    # The side files are not rows: make_shards, given the folder, reads the mined file alone.
+    assert expand_inputs([str(tmp_path)]) == [str(tmp_path / "out.jsonl")]
 
 
 @pytest.fixture(scope="module")

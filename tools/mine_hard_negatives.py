@@ -46,7 +46,7 @@ Bad rows (invalid UTF-8, blank, malformed JSON, no query or pos, wrong types) ar
 unchanged, so output line N is always input line N; they are counted by reason and listed with line
 numbers. Output is written --chunk-size rows at a time (framework/jobs); rerunning the same command
 resumes after the last complete chunk once the input and every option match OUT.state.json and every
-kept line is re-checked: the resumed file equals an uninterrupted one byte for byte (OUT.counts.jsonl
+kept line is re-checked: the resumed file equals an uninterrupted one byte for byte (OUT.counts
 keeps each chunk's counts, so the report covers kept lines too). --part I --num-parts N mines the I-th
 run of chunks into OUT.partIIIII-of-NNNNN (a SLURM array); `merge` joins the parts into exactly the
 file one run writes. --overwrite starts again.

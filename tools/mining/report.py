@@ -1,6 +1,6 @@
 """What a mining run did: rows, bad rows, and per source the candidates each choosing rule removed.
 
-A report is the sum of its chunks' reports. Each chunk's report is appended to OUT.counts.jsonl before
+A report is the sum of its chunks' reports. Each chunk's report is appended to OUT.counts before
 the chunk's lines are written, so a resumed run (or the merge of a split one) reports the whole file,
 rule counts included, exactly as an uninterrupted run does. OUT.report.json keeps the final report.
 """
@@ -180,11 +180,12 @@ def report_path_of(output_path: Path) -> Path:
 
 
 def counts_path_of(output_path: Path) -> Path:
-    return Path(output_path).with_name(Path(output_path).name + ".counts.jsonl")
+    # JSON lines, but not named *.jsonl: make_shards, given the output's folder, must not read it as rows.
+    return Path(output_path).with_name(Path(output_path).name + ".counts")
 
 
 class ChunkCounts:
-    """OUT.counts.jsonl: each written chunk's report, keyed by its first (0-based) input line.
+    """OUT.counts: each written chunk's report, keyed by its first (0-based) input line.
 
     A chunk's record is appended before its lines are written, so every chunk a resumed run keeps has
     one; a chunk that is redone appends it again (the same counts: the last record wins).
