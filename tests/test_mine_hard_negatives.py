@@ -561,3 +561,28 @@ def test_slurm_array_mines_the_parts_and_the_dependent_merge_joins_them(input_fi
     single = mine(input_file, tmp_path / "single.jsonl", config)
     assert out.read_bytes() == (tmp_path / "single.jsonl").read_bytes()
     assert MiningReport.load(report_path_of(out)).sources.keys() == single.sources.keys()
+
+
+@pytest.mark.slow  # two rescored runs and the teacher again: ~5 s on the loaded machine
+def test_the_rescoring_teacher_sees_the_prompts(input_file: Path, tokenizer_dir: Path, cross_encoder_dir: Path,
+                                                tmp_path: Path) -> None:
+    """With a --source-rules file, the teacher scores what training will read (prefixes, a row's own prompt),
+    as tools/score_pairs.py does; the rows are written back with their own texts."""
+    from framework.data.sources import SourceRules
+
+    rules = {"*": SourceRules(query_prefix="query: ", passage_prefix="passage: "),
+             "alpha": SourceRules(query_prefix="Find it: ", passage_prefix="")}
+    options = dict(rescore_with=str(cross_encoder_dir), rescore_max_length=128, output_scores=True,
+                   rules=ScoreRules(relative_margin=0.001))
+    mine(input_file, tmp_path / "prompted.jsonl", config_for(tokenizer_dir, **options, source_rules=rules))
+    mine(input_file, tmp_path / "plain.jsonl", config_for(tokenizer_dir, **options))
+    teacher = load_teacher(CrossEncoderConfig(str(cross_encoder_dir), max_length=128))
+    prompted = valid_pairs(input_file, tmp_path / "prompted.jsonl")
+    plain = valid_pairs(input_file, tmp_path / "plain.jsonl")
+    pairs = [ScorePair(("Find it: " if row.get("source") == "alpha" else "query: ") + row["query"],
+                       ("" if row.get("source") == "alpha" else "passage: ") + text)
+             for row, _ in prompted for text in row["pos"]]
+    written = [score for _, out in prompted for score in out["pos_scores"]]
+    assert written == pytest.approx(teacher.score(pairs).tolist(), abs=1e-6)
+    assert written != pytest.approx([s for _, out in plain for s in out["pos_scores"]], abs=1e-7)
+    assert [out["query"] for _, out in prompted] == [row["query"] for row, _ in prompted]
