@@ -102,8 +102,9 @@ def mine_arm(arm_dir: Path, tokenizer: Path, corpora: dict[str, Path], rules: di
         total.add(report)
     manifest = arm_dir / "shards" / "manifest.json"
     if not manifest.is_file():
-        make_shards([*(str(train_dir / f"{source}.jsonl") for source in corpora), "--out", str(manifest.parent), "--tokenizer",
-                     str(tokenizer), "--pretokenize", "--max-length", str(MAX_LENGTH)])
+        inputs = [str(train_dir / f"{source}.jsonl") for source in corpora]
+        make_shards([*inputs, "--out", str(manifest.parent), "--tokenizer", str(tokenizer), "--pretokenize",
+                     "--max-length", str(MAX_LENGTH)])
     return manifest, total
 
 
@@ -168,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     from tools.mining.report import rule_table
 
     table = "\n".join(rule_table(counts_b.sources, counts_b.overall()))
-    say(f"arm B's rules {rules}, per source (BM25 ranks {list(RANK_RANGE)}, {NUM_NEG} negatives):\n{table}")
+    say(f"arm B's rules {rules}, per source (BM25 ranks [{RANK_RANGE[0]}, {RANK_RANGE[1]}), {NUM_NEG} "
+        f"negatives):\n{table}")
     (args.out / "mining.json").write_text(json.dumps({"rules": rules, "A": counts_a.to_json(),
                                                       "B": counts_b.to_json()}, indent=1))
     if args.mine_only:

@@ -316,7 +316,8 @@ def test_margins_drop_what_scores_too_close_to_the_positive(tokenizer_dir: Path)
     config = config_for(tokenizer_dir, num_neg=2, range_start=0, range_end=6)
     found = window_candidates(np.arange(5), np.array([0.85, 0.75, 0.7, 0.5, 0.79], dtype=np.float32), set(), config)
     # absolute limit 0.8 - 0.02 = 0.78 drops 0.85 and 0.79; relative limit 0.8 x 0.9 = 0.72 drops 0.75 too.
-    kept = apply_margins(found, np.array([0.8], dtype=np.float32), ScoreRules(absolute_margin=0.02, relative_margin=0.1))
+    rules = ScoreRules(absolute_margin=0.02, relative_margin=0.1)
+    kept = apply_margins(found, np.array([0.8], dtype=np.float32), rules)
     assert kept.ids_C.tolist() == [2, 3]
     assert (kept.counts.removed["absolute_margin"], kept.counts.removed["relative_margin"]) == (2, 1)
     chosen = draw(kept, config, line=1)  # no more than num_neg left: all of them, nothing drawn
@@ -337,7 +338,8 @@ def test_the_draw_is_seeded_by_the_line_and_keeps_rank_order(tokenizer_dir: Path
 
 
 @pytest.mark.parametrize("changes, match", [
-    ({"relative_margin": 1.0}, r"\[0, 1\)"), ({"absolute_margin": -0.1}, ">= 0"), ({"max_score": float("nan")}, "finite"),
+    ({"relative_margin": 1.0}, r"\[0, 1\)"), ({"absolute_margin": -0.1}, ">= 0"),
+    ({"max_score": float("nan")}, "finite"),
     ({"min_score": 2.0, "max_score": 1.0}, "window is empty"),
 ])
 def test_score_rule_errors_name_the_fix(changes: dict, match: str) -> None:
