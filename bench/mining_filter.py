@@ -126,7 +126,8 @@ def comparison(a: list[dict], b: list[dict], seeds: list[int]) -> str:
         diffs = [y - x for x, y in zip(va, vb)]
         (ma, sa), (mb, sb), (md, sd) = mean_std(va), mean_std(vb), mean_std(diffs)
         se = sd / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
-        ratio = abs(md) / se if se > 0 else float("inf") if md else 0.0
+        # One seed has no spread: no ratio (nan), never an infinite one.
+        ratio = float("nan") if math.isnan(se) else abs(md) / se if se > 0 else float("inf") if md else 0.0
         rows.append([MODE_LABELS[mode], f"{ma:.2f} ± {sa:.2f}", f"{mb:.2f} ± {sb:.2f}", f"{md:+.2f} ± {sd:.2f} "
                      f"(SE {se:.2f})", " ".join(f"{d:+.2f}" for d in diffs), f"{ratio:.1f}"])
     return markdown(header, rows)
