@@ -219,34 +219,38 @@ class PlannedBatch:
     """Stream epoch (seeds the group choice)."""
 
 
-def planned_batches(s: Setting) -> list[list[PlannedBatch]]:
-    """[step][rank] -> the batches our trainer will draw.
+def our_loader(run, index: int, plan, tokenizer, rank: int, world: int):
+    """The ResumableLoader of stage `index` on `rank` of `world`, built as framework/train/stage.py's
+    StageRun._loader builds it (same plan, stream config and seed), without a process group."""
+    import torch
 
-    Built as framework/train/stage.py's StageRun builds its loader (same plan, stream config and seed),
-    for every rank of the world in this one process.
-    """
-    from transformers import AutoTokenizer
-
-    from framework.data.manifest import load_manifest
     from framework.data.stream import PairStream, ResumableLoader, StreamConfig
-    from framework.train.batching import plan_batches
-    from framework.train.config import load_run_config
 
-    run = load_run_config(None, data=run_config(s, Path("unused")))
-    stage, index = run.stages[0], 0
-    assert run.seed + 1000 * index == STREAM_SEED
-    data = stage.data
-    plan = plan_batches(stage, s.nproc, load_manifest(data.manifest).length_edges)
+    data = run.stages[index].data
     cfg = StreamConfig(batch_sizes=plan.micro_per_rank, group_size=data.group_size, seed=run.seed + 1000 * index,
                        num_workers=data.num_workers, mix_sources=data.mix_sources,
                        source_weights=dict(data.source_weights), query_max_length=data.query_max_length,
                        passage_max_length=data.passage_max_length, shuffle_window=data.shuffle_window,
                        sources=tuple(data.sources), max_bad_fraction=data.max_bad_fraction)
+    return ResumableLoader(lambda state: PairStream.from_manifest(data.manifest, cfg, tokenizer, rank, world, state),
+                           generator=torch.Generator().manual_seed(cfg.seed))
+
+
+def planned_batches(s: Setting) -> list[list[PlannedBatch]]:
+    """[step][rank] -> the batches our trainer will draw (for every rank of the world, in this process)."""
+    from transformers import AutoTokenizer
+
+    from framework.data.manifest import load_manifest
+    from framework.train.batching import plan_batches
+    from framework.train.config import load_run_config
+
+    run = load_run_config(None, data=run_config(s, Path("unused")))
+    assert run.seed == STREAM_SEED
+    plan = plan_batches(run.stages[0], s.nproc, load_manifest(run.stages[0].data.manifest).length_edges)
     tokenizer = AutoTokenizer.from_pretrained(s.start_dir)
     per_rank = []
     for rank in range(s.nproc):
-        loader = ResumableLoader(lambda state, r=rank: PairStream.from_manifest(data.manifest, cfg, tokenizer, r,
-                                                                               s.nproc, state))
+        loader = our_loader(run, 0, plan, tokenizer, rank, s.nproc)
         batches, it = [], iter(loader)
         for _ in range(s.steps):
             batch = next(it)
