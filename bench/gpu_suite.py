@@ -72,11 +72,17 @@ class Shapes:
     """Model and workload sizes of one mode (full GPU run or CPU smoke test)."""
 
     hidden: int
+    """Encoder width."""
     layers: int
+    """Encoder layers."""
     heads: int
+    """Attention heads."""
     ffn: int
+    """Feed-forward width."""
     vocab: int
+    """Vocabulary (word-embedding rows)."""
     positions: int
+    """Position-embedding rows (XLM-R: longest input + 2)."""
     lengths: tuple[int, ...]
     """Passage lengths of the throughput and flag_ratio sections."""
     step_tokens: int
@@ -84,15 +90,21 @@ class Shapes:
     flag_step_tokens: int
     """Passage tokens per step of the flag_ratio section (FlagEmbedding's sparse tensor is B x L x vocab)."""
     query_len: int
+    """Tokens per query."""
     max_batch_lengths: tuple[int, ...]
+    """Passage lengths of the max_batch section."""
     sub_batch_tokens: int
     """Split-batch sub-batch size in passage tokens."""
     memory_cap: int
     """Bytes a max_batch step may use."""
     search_n: int
+    """Corpus vectors of the search section."""
     search_d: int
+    """Vector width."""
     search_q: int
+    """Queries searched on the device."""
     search_q_cpu: int
+    """Queries searched by faiss-cpu (it is ~100x slower)."""
     dtype: str
     """Training dtype: bf16 on the GPU; fp32 for the CPU smoke test (CPU bf16 matmuls are slow)."""
     min_timed_steps: int
@@ -101,9 +113,13 @@ class Shapes:
     """Steps the largest-batch search may run per (length, method)."""
 
 
-FULL = Shapes(1024, 24, 16, 4096, 250_002, 8194, (512, 2048, 8192), 65_536, 8192, 64, (1024, 4096, 8192), 32_768,
-              80 * GIB, 1_000_000, 1024, 1024, 256, "bfloat16", 3, 9)
-SMOKE = Shapes(32, 2, 2, 64, 1000, 514, (32, 64), 256, 128, 8, (64,), 128, 24 * 2 ** 20, 4096, 32, 32, 16, "float32", 1, 5)
+FULL = Shapes(hidden=1024, layers=24, heads=16, ffn=4096, vocab=250_002, positions=8194, lengths=(512, 2048, 8192),
+              step_tokens=65_536, flag_step_tokens=8192, query_len=64, max_batch_lengths=(1024, 4096, 8192),
+              sub_batch_tokens=32_768, memory_cap=80 * GIB, search_n=1_000_000, search_d=1024, search_q=1024,
+              search_q_cpu=256, dtype="bfloat16", min_timed_steps=3, max_probes=9)
+SMOKE = Shapes(hidden=32, layers=2, heads=2, ffn=64, vocab=1000, positions=514, lengths=(32, 64), step_tokens=256,
+               flag_step_tokens=128, query_len=8, max_batch_lengths=(64,), sub_batch_tokens=128, memory_cap=24 * 2 ** 20,
+               search_n=4096, search_d=32, search_q=32, search_q_cpu=16, dtype="float32", min_timed_steps=1, max_probes=5)
 
 
 def say(text: str) -> None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from contextlib import contextmanager, nullcontext
@@ -163,7 +164,48 @@ def _step(task, engine, batch, step: int, phases: RSSPhases, tracker) -> dict:
             "optimizer_peak": peaks.get("optimizer", 0), "step_peak": tracker.peak}
 
 
+def curriculum_worker(spec: dict) -> None:
+    """The real Trainer over consecutive stages: RSS at each stage's start and end, its peak, and how many
+    earlier stages' DeepSpeed engines are still alive when it starts (optionally destroying each at its end)."""
+    import gc
+    import weakref
+
+    from framework.parallel import init_distributed, rank, shutdown, world_size
+    from framework.tracking import NullTracker
+    from framework.train.config import load_run_config
+    from framework.train.stage import StageRun
+    from framework.train.trainer import Trainer
+
+    init_distributed()
+    rows, engines, original = [], [], StageRun.run
+
+    def measured_run(self):  # instrumentation only: the stage runs exactly as in training
+        gc.collect()
+        _reset_peak()
+        row = {"stage": self.stage.name, "rss_start": _status_bytes("VmRSS"),
+               "earlier_engines_alive": sum(ref() is not None for ref in engines)}
+        try:
+            return original(self)
+        finally:
+            row.update(peak=_status_bytes("VmHWM"), rss_end=_status_bytes("VmRSS"))
+            rows.append(row)
+            engines.append(weakref.ref(self.engine))
+            if spec["destroy_engines"]:
+                self.engine.destroy()
+
+    StageRun.run = measured_run
+    Trainer(load_run_config(None, data=spec["run"]), NullTracker()).train()
+    gc.collect()
+    out = {"rank": rank(), "world": world_size(), "stages": rows, "peak": max(r["peak"] for r in rows),
+           "engines_alive_at_end": sum(ref() is not None for ref in engines)}
+    Path(spec["out"]).with_suffix(f".rank{rank()}.json").write_text(json.dumps(out))
+    shutdown()
+
+
 def worker(spec_path: Path) -> None:
+    if json.loads(spec_path.read_text()).get("curriculum"):
+        curriculum_worker(json.loads(spec_path.read_text()))
+        return
     phases = RSSPhases()
     with phases.phase("runtime"):
         import deepspeed  # noqa: F401  (its import is part of every rank's runtime)
@@ -189,23 +231,25 @@ def worker(spec_path: Path) -> None:
 
 # ----------------------------------------------------------------------------------------- parent side
 
-def stage_config(model: str, model_dir: Path, manifest: Path, stage: str, zero: int, ds_config: Path,
+def stage_config(model: str, model_dir: Path, manifest: Path, stages: list[str], zero: int, ds_config: Path,
                  steps: int, out_dir: Path) -> dict:
-    """One stage of configs/demo.yaml as the demo runs it (framework/demo.py's e5-small overrides included)."""
+    """Stages of configs/demo.yaml as the demo runs them (framework/demo.py's e5-small overrides included)."""
     from framework.config import apply_overrides, read_yaml
     from framework.demo import CONFIG, E5_OVERRIDES
 
     raw = read_yaml(CONFIG)
     names = [s["name"] for s in raw["stages"]]
-    if stage not in names:
-        raise SystemExit(f"--stage {stage}: configs/demo.yaml has {names}")
+    unknown = sorted(set(stages) - set(names))
+    if unknown:
+        raise SystemExit(f"--stage {unknown}: configs/demo.yaml has {names}")
     overrides = [f"output_dir={out_dir}", f"model.path={model_dir}", "tracking.enabled=false",
-                 f"engine.deepspeed_config={ds_config}", f"engine.zero_stage={zero}",
-                 f"stages.{stage}.steps={steps}", f"stages.{stage}.data.manifest={manifest}"]
-    if model == "e5-small":
-        overrides += [o.format(stage=stage) for o in E5_OVERRIDES]
+                 f"engine.deepspeed_config={ds_config}", f"engine.zero_stage={zero}", "checkpoint.every_steps=0"]
+    for stage in stages:
+        overrides += [f"stages.{stage}.steps={steps}", f"stages.{stage}.data.manifest={manifest}"]
+        if model == "e5-small":
+            overrides += [o.format(stage=stage) for o in E5_OVERRIDES]
     raw = apply_overrides(raw, overrides)
-    raw["stages"] = [s for s in raw["stages"] if s["name"] == stage]
+    raw["stages"] = [s for s in raw["stages"] if s["name"] in stages]
     return raw
 
 
@@ -237,23 +281,21 @@ def floor_bytes(counts: dict, zero: int, world: int) -> dict:
     return {"weights": weights, "gradients": grads, "moments": moments, "total": weights + grads + moments}
 
 
-def mem_available() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def measure(model: str, model_dir: Path, manifest: Path, zero: int, nproc: int, args) -> list[dict]:
     """One launch; the ranks' results."""
-    from vs_flagembedding import launch, launcher
+    from vs_flagembedding import LOW_MEMORY_EXIT, launch, launcher
 
-    tag = f"{model}-zero{zero}-{nproc}proc" + (f"-buckets{args.bucket_elements}" if args.bucket_elements else "")
+    tag = (f"{model}-zero{zero}-{nproc}proc-{args.stage.replace(',', '+')}"
+           + (f"-buckets{args.bucket_elements}" if args.bucket_elements else "")
+           + ("-destroy" if args.destroy_engines else ""))
     out = args.work_dir / "runs" / tag
+    shutil.rmtree(out / "run", ignore_errors=True)  # the curriculum mode's Trainer would resume an old run
     out.mkdir(parents=True, exist_ok=True)
     ds_config = ds_config_file(zero, args.bucket_elements, args.work_dir)
-    spec = {"run": stage_config(model, model_dir, manifest, args.stage, zero, ds_config, args.steps, out / "run"),
-            "steps": args.steps, "out": str(out / "result")}
+    stages = args.stage.split(",")
+    spec = {"run": stage_config(model, model_dir, manifest, stages, zero, ds_config, args.steps, out / "run"),
+            "steps": args.steps, "out": str(out / "result"), "curriculum": len(stages) > 1,
+            "destroy_engines": args.destroy_engines}
     (out / "spec.json").write_text(json.dumps(spec))
     for old in out.glob("result.rank*.json"):
         old.unlink()
@@ -262,17 +304,37 @@ def measure(model: str, model_dir: Path, manifest: Path, zero: int, nproc: int, 
                          args.threads, log_path)
     if rc != 0:
         tail = log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
-        print(f"{tail}\n  {tag}: worker failed (exit {rc}; -9 is the OOM killer); log {log_path}", flush=True)
+        why = ("stopped: the machine ran low on memory" if rc == LOW_MEMORY_EXIT else
+               f"worker failed (exit {rc}{'; -9 is the OOM killer' if rc == -9 else ''})")
+        print(f"{tail}\n  {tag}: {why}; log {log_path}", flush=True)
         return []
     ranks = [json.loads(p.read_text()) for p in sorted(out.glob("result.rank*.json"))]
     for r in ranks:
         r.update(model=model, zero=zero, nproc=nproc, wall_s=wall, bucket_elements=args.bucket_elements,
-                 floor=floor_bytes(r["counts"], zero, nproc))
+                 destroy_engines=args.destroy_engines)
+        if "counts" in r:
+            r["floor"] = floor_bytes(r["counts"], zero, nproc)
     return ranks
 
 
 def _gb(value: float) -> str:
     return f"{value / GIB:6.2f}"
+
+
+def print_curriculum(ranks: list[dict]) -> None:
+    """Per stage of the curriculum run: RSS at start and end, peak, earlier engines still alive."""
+    r0 = ranks[0]
+    print(f"\n{r0['model']}, ZeRO-{r0['zero']}, {r0['nproc']} proc, curriculum "
+          f"{'+'.join(row['stage'] for row in r0['stages'])}"
+          f"{', engine.destroy() at each stage end' if r0['destroy_engines'] else ''}"
+          f"{', buckets ' + format(r0['bucket_elements'], ',') if r0['bucket_elements'] else ''}: "
+          f"peak RSS per rank {_gb(max(r['peak'] for r in ranks)).strip()} GB", flush=True)
+    for i, row in enumerate(r0["stages"]):
+        peaks = ", ".join(_gb(r["stages"][i]["peak"]).strip() for r in ranks)
+        print(f"  {row['stage']:<12} start {_gb(row['rss_start'])} GB  peak {_gb(row['peak'])} GB (ranks: {peaks})  "
+              f"end {_gb(row['rss_end'])} GB  earlier stages' engines alive at its start: "
+              f"{row['earlier_engines_alive']}", flush=True)
+    print(f"  engines alive after the run: {r0['engines_alive_at_end']} of {len(r0['stages'])}", flush=True)
 
 
 def print_result(ranks: list[dict]) -> None:
@@ -307,12 +369,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--models", default="tiny,e5-small", help="comma list of tiny, e5-small")
     parser.add_argument("--zero", default="0,2,3", help="ZeRO stages, comma list")
     parser.add_argument("--procs", default="1,2", help="process counts, comma list")
-    parser.add_argument("--stage", default="warmup", help="stage of configs/demo.yaml (unified: split-batch + "
-                                                          "self-distillation)")
+    parser.add_argument("--stage", default="warmup",
+                        help="stage of configs/demo.yaml (unified: split-batch + self-distillation); a comma list "
+                             "(warmup,unified) runs them in order through the real Trainer and reports per stage")
+    parser.add_argument("--destroy-engines", action="store_true",
+                        help="with several stages: call engine.destroy() at each stage end (the proposed fix)")
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per launch (>= 2: the last is measured "
                                                              "with the live-tensor tracker)")
     parser.add_argument("--bucket-elements", type=int, help="set every bucket size of the ds_configs to this")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS per process")
+    parser.add_argument("--model-dir", type=Path, help="use this HF model directory for 'tiny' (e.g. a test fixture)")
+    parser.add_argument("--rows", type=int, default=0,
+                        help="shard only the first N DDTP train rows (0: all of them, as the demo does)")
     parser.add_argument("--work-dir", type=Path, default=REPO / "runs" / "memory_per_rank")
     parser.add_argument("--out", type=Path, help="also write every rank's results as JSON here")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
@@ -328,16 +396,20 @@ def main(argv: list[str] | None = None) -> None:
         worker(args.worker)
         return
     from framework.demo import prepare_shards
-    from vs_flagembedding import build_model
+    from vs_flagembedding import build_model, make_shards, mem_available, write_rows
 
     results = []
     for model in args.models.split(","):
         work = args.work_dir / model
         work.mkdir(parents=True, exist_ok=True)
-        model_dir = build_model(model, work)
-        manifest = work / "shards" / "manifest.json"
-        if not manifest.is_file():
-            prepare_shards(model_dir, work)  # exactly the demo's shards: every DDTP train row, max 256 tokens
+        model_dir = args.model_dir if (model == "tiny" and args.model_dir) else build_model(model, work)
+        if args.rows:
+            manifest = make_shards(model_dir, write_rows(work / f"rows-{args.rows}.jsonl", args.rows),
+                                   work / f"shards-{args.rows}", 256)
+        else:
+            manifest = work / "shards" / "manifest.json"
+            if not manifest.is_file():
+                prepare_shards(model_dir, work)  # exactly the demo's shards: every DDTP train row, max 256 tokens
         single_peak = {}
         for zero in (int(z) for z in args.zero.split(",")):
             for nproc in (int(n) for n in args.procs.split(",")):
@@ -348,7 +420,7 @@ def main(argv: list[str] | None = None) -> None:
                     continue
                 ranks = measure(model, model_dir, manifest, zero, nproc, args)
                 if ranks:
-                    print_result(ranks)
+                    (print_curriculum if "stages" in ranks[0] else print_result)(ranks)
                     results.extend(ranks)
                     if nproc == 1:
                         single_peak[zero] = ranks[0]["peak"]

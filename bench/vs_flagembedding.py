@@ -58,6 +58,7 @@ import gzip
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -73,6 +74,8 @@ SAMPLE_TEXT = REPO / "data" / "multilingual_sample.txt"
 TINY_VOCAB = 3000  # tests/conftest.py's TEST_VOCAB_SIZE
 FLAG_MODULE = "FlagEmbedding.finetune.embedder.encoder_only.m3"
 GIB = 2 ** 30
+MIN_AVAILABLE = 3 * GIB // 2  # kill a run that leaves the shared machine less than this
+LOW_MEMORY_EXIT = -1000
 STREAM_SEED = 0  # our first stage's stream seed: run seed 0 + 1000 x stage index 0 (framework/train/stage.py)
 
 
@@ -301,16 +304,40 @@ def launcher(nproc: int) -> list[str]:
             "--master_port", str(free_port())]
 
 
-def launch(cmd: list[str], threads: int, log_path: Path) -> tuple[int, int, float]:
-    """Run `cmd` with its output in `log_path`; (exit code, peak RSS of its largest process, wall seconds)."""
+def mem_available() -> int:
+    """MemAvailable of the machine, bytes."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 1 << 62
+
+
+def launch(cmd: list[str], threads: int, log_path: Path, min_available: int = MIN_AVAILABLE) -> tuple[int, int, float]:
+    """Run `cmd` with its output in `log_path`; (exit code, peak RSS of its largest process, wall seconds).
+
+    The machine is shared: when its available memory drops below `min_available` the run's whole process
+    group is killed (exit code LOW_MEMORY_EXIT), before the kernel's OOM killer picks a process, maybe
+    someone else's.
+    """
     env = dict(os.environ, OMP_NUM_THREADS=str(threads),
                TOKENIZERS_PARALLELISM="false", MLFLOW_DISABLE_TELEMETRY="true", HF_HUB_OFFLINE="1",
                HF_DATASETS_OFFLINE="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     start = time.monotonic()
     with log_path.open("w", encoding="utf-8") as log:
-        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        # wait4's ru_maxrss is the largest of the child and every descendant it waited for (torchrun's ranks).
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        while True:
+            # wait4's ru_maxrss: the largest of the child and every descendant it waited for (torchrun's ranks).
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if mem_available() < min_available:
+                os.killpg(proc.pid, signal.SIGKILL)
+                _, status, usage = os.wait4(proc.pid, 0)
+                log.write(f"\nstopped by the benchmark: the machine's available memory fell below "
+                          f"{min_available / GIB:.1f} GB\n")
+                proc.returncode = LOW_MEMORY_EXIT
+                return LOW_MEMORY_EXIT, usage.ru_maxrss * 1024, time.monotonic() - start
+            time.sleep(0.25)
     proc.returncode = os.waitstatus_to_exitcode(status)
     return proc.returncode, usage.ru_maxrss * 1024, time.monotonic() - start
 
