@@ -118,8 +118,9 @@ FULL = Shapes(hidden=1024, layers=24, heads=16, ffn=4096, vocab=250_002, positio
               sub_batch_tokens=32_768, memory_cap=80 * GIB, search_n=1_000_000, search_d=1024, search_q=1024,
               search_q_cpu=256, dtype="bfloat16", min_timed_steps=3, max_probes=9)
 SMOKE = Shapes(hidden=32, layers=2, heads=2, ffn=64, vocab=1000, positions=514, lengths=(32, 64), step_tokens=256,
-               flag_step_tokens=128, query_len=8, max_batch_lengths=(64,), sub_batch_tokens=128, memory_cap=24 * 2 ** 20,
-               search_n=4096, search_d=32, search_q=32, search_q_cpu=16, dtype="float32", min_timed_steps=1, max_probes=5)
+               flag_step_tokens=128, query_len=8, max_batch_lengths=(64,), sub_batch_tokens=128,
+               memory_cap=24 * 2 ** 20, search_n=4096, search_d=32, search_q=32, search_q_cpu=16, dtype="float32",
+               min_timed_steps=1, max_probes=5)
 
 
 def say(text: str) -> None:
@@ -352,7 +353,8 @@ def attention_kinds(suite: Suite) -> list[str]:
     if suite.cuda and importlib.util.find_spec("flash_attn") is not None:
         kinds.append("flash_attention_2")
     else:
-        say("  FlashAttention-2: skipped (" + ("flash_attn is not importable" if suite.cuda else "no CUDA device") + ")")
+        why = "flash_attn is not importable" if suite.cuda else "no CUDA device"
+        say(f"  FlashAttention-2: skipped ({why})")
     return kinds
 
 
@@ -456,7 +458,8 @@ def largest_batch(suite: Suite, t: Trainable, length: int, unit: int, cap: int) 
         line = lambda num: p2 + slope * (num - large)  # noqa: E731
         predicted = min(16 * large, max(large + 1, large + int((0.98 * cap - p2) / slope)))
         lo, hi = (predicted, None) if fits(predicted) else (large, predicted)
-    while hi is not None and hi - lo > max(1, lo // 32) and len(probes) < suite.shapes.max_probes and suite.remaining() > 0:
+    while (hi is not None and hi - lo > max(1, lo // 32) and len(probes) < suite.shapes.max_probes
+           and suite.remaining() > 0):
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     for row in probes:
@@ -484,7 +487,8 @@ def section_max_batch(suite: Suite) -> dict:
                 sub = max(1, s.sub_batch_tokens // length)
                 t.objective.sub_batch_tokens = s.sub_batch_tokens if split else None
                 out[name] = largest_batch(suite, t, length, sub if split else 1, cap)
-                say(f"  L={length:>5} {'split-batch' if split else 'no split   '}: max batch {out[name]['max_batch']:>5} "
+                method = "split-batch" if split else "no split   "
+                say(f"  L={length:>5} {method}: max batch {out[name]['max_batch']:>5} "
                     f"(line predicted {out[name]['line_prediction']}; {len(out[name]['probes'])} probes)")
             plain, split = out.get(str(length), {}), out.get(f"{length} split-batch", {})
             if plain.get("max_batch") and split.get("max_batch"):
@@ -523,7 +527,8 @@ def section_flag_ratio(suite: Suite) -> dict:
 
     def flag_step(batch) -> None:
         q_ids, q_mask, p_ids, p_mask = batch
-        flag({"input_ids": q_ids, "attention_mask": q_mask}, {"input_ids": p_ids, "attention_mask": p_mask}).loss.backward()
+        queries = {"input_ids": q_ids, "attention_mask": q_mask}
+        flag(queries, {"input_ids": p_ids, "attention_mask": p_mask}).loss.backward()
         t.step()
 
     out = {}
@@ -628,7 +633,8 @@ def section_search(suite: Suite) -> dict:
 
 def section_gather(suite: Suite) -> dict:
     torch = suite.torch
-    from framework.parallel import DistEnv, free_port, gather, gather_with_grad, init_distributed, is_initialized, shutdown
+    from framework.parallel import (DistEnv, free_port, gather, gather_with_grad, init_distributed, is_initialized,
+                                    shutdown)
 
     backend = "nccl" if suite.cuda else "gloo"
     created = not is_initialized()

@@ -47,6 +47,10 @@ for path in (str(REPO), str(HERE)):  # framework, and the sibling bench modules
 
 MIB, GIB = 2 ** 20, 2 ** 30
 BUCKET_KEYS = ("reduce_bucket_size", "allgather_bucket_size", "stage3_prefetch_bucket_size")
+# glibc keeps freed heap memory resident (its mmap threshold grows up to 32 MiB, and top-of-heap memory is
+# trimmed only past 128 KiB of free space at the top): fixed thresholds make it return every freed block of
+# 128 KiB or more at once, which tells retained-but-free memory apart from live memory.
+MALLOC_RETURN_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024), "MALLOC_TRIM_THRESHOLD_": str(128 * 1024)}
 
 
 # ----------------------------------------------------------------------------------------- worker side
@@ -106,8 +110,12 @@ class EncodingMarks:
 
 
 def _shapes(batch) -> dict:
-    return {"queries": list(batch.q_ids_QL.shape), "passages": list(batch.p_ids_PL.shape),
-            "tokens": int(batch.num_tokens), "padded": int(batch.num_padded_tokens)}
+    """What the batch holds (padded shapes where the batch has them: the unpadded layout may not)."""
+    out = {"tokens": int(batch.num_tokens), "padded": int(batch.num_padded_tokens), "keys": len(batch.keys)}
+    for name, field in (("queries", "q_ids_QL"), ("passages", "p_ids_PL")):
+        if getattr(batch, field, None) is not None:
+            out[name] = list(getattr(batch, field).shape)
+    return out
 
 
 def _build(spec: dict, phases: RSSPhases):
@@ -232,7 +240,7 @@ def worker(spec_path: Path) -> None:
 # ----------------------------------------------------------------------------------------- parent side
 
 def stage_config(model: str, model_dir: Path, manifest: Path, stages: list[str], zero: int, ds_config: Path,
-                 steps: int, out_dir: Path) -> dict:
+                 steps: int, out_dir: Path, extra: list[str] = ()) -> dict:
     """Stages of configs/demo.yaml as the demo runs them (framework/demo.py's e5-small overrides included)."""
     from framework.config import apply_overrides, read_yaml
     from framework.demo import CONFIG, E5_OVERRIDES
@@ -248,14 +256,14 @@ def stage_config(model: str, model_dir: Path, manifest: Path, stages: list[str],
         overrides += [f"stages.{stage}.steps={steps}", f"stages.{stage}.data.manifest={manifest}"]
         if model == "e5-small":
             overrides += [o.format(stage=stage) for o in E5_OVERRIDES]
-    raw = apply_overrides(raw, overrides)
+    raw = apply_overrides(raw, overrides + list(extra))
     raw["stages"] = [s for s in raw["stages"] if s["name"] in stages]
     return raw
 
 
-def ds_config_file(zero: int, bucket_elements: int | None, work: Path) -> Path:
-    """ds_configs/zero<N>.json, or a copy with every bucket size set to `bucket_elements`."""
-    shipped = REPO / "ds_configs" / f"zero{zero}.json"
+def ds_config_file(zero: int, bucket_elements: int | None, work: Path, config_dir: Path) -> Path:
+    """<config_dir>/zero<N>.json, or a copy with every bucket size set to `bucket_elements`."""
+    shipped = config_dir / f"zero{zero}.json"
     if bucket_elements is None:
         return shipped
     ds = json.loads(shipped.read_text())
@@ -285,15 +293,17 @@ def measure(model: str, model_dir: Path, manifest: Path, zero: int, nproc: int, 
     """One launch; the ranks' results."""
     from vs_flagembedding import LOW_MEMORY_EXIT, launch, launcher
 
-    tag = (f"{model}-zero{zero}-{nproc}proc-{args.stage.replace(',', '+')}"
+    tag = (f"{model}-zero{zero}-{nproc}proc-{args.stage.replace(',', '+')}-{args.ds_config_dir.name}"
            + (f"-buckets{args.bucket_elements}" if args.bucket_elements else "")
-           + ("-destroy" if args.destroy_engines else ""))
+           + ("-destroy" if args.destroy_engines else "") + ("-malloc" if args.malloc_return else "")
+           + (f"-{len(args.override)}overrides" if args.override else ""))
     out = args.work_dir / "runs" / tag
     shutil.rmtree(out / "run", ignore_errors=True)  # the curriculum mode's Trainer would resume an old run
     out.mkdir(parents=True, exist_ok=True)
-    ds_config = ds_config_file(zero, args.bucket_elements, args.work_dir)
+    ds_config = ds_config_file(zero, args.bucket_elements, args.work_dir, args.ds_config_dir)
     stages = args.stage.split(",")
-    spec = {"run": stage_config(model, model_dir, manifest, stages, zero, ds_config, args.steps, out / "run"),
+    spec = {"run": stage_config(model, model_dir, manifest, stages, zero, ds_config, args.steps, out / "run",
+                                args.override),
             "steps": args.steps, "out": str(out / "result"), "curriculum": len(stages) > 1,
             "destroy_engines": args.destroy_engines}
     (out / "spec.json").write_text(json.dumps(spec))
@@ -301,7 +311,7 @@ def measure(model: str, model_dir: Path, manifest: Path, zero: int, nproc: int, 
         old.unlink()
     log_path = out / "worker.log"
     rc, _, wall = launch([*launcher(nproc), str(Path(__file__).resolve()), "--worker", str(out / "spec.json")],
-                         args.threads, log_path)
+                         args.threads, log_path, extra_env=MALLOC_RETURN_ENV if args.malloc_return else None)
     if rc != 0:
         tail = log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
         why = ("stopped: the machine ran low on memory" if rc == LOW_MEMORY_EXIT else
@@ -311,10 +321,15 @@ def measure(model: str, model_dir: Path, manifest: Path, zero: int, nproc: int, 
     ranks = [json.loads(p.read_text()) for p in sorted(out.glob("result.rank*.json"))]
     for r in ranks:
         r.update(model=model, zero=zero, nproc=nproc, wall_s=wall, bucket_elements=args.bucket_elements,
-                 destroy_engines=args.destroy_engines)
+                 ds_config=str(ds_config),
+                 destroy_engines=args.destroy_engines, malloc_return=args.malloc_return, overrides=args.override)
         if "counts" in r:
             r["floor"] = floor_bytes(r["counts"], zero, nproc)
     return ranks
+
+
+def _short(path: str) -> str:
+    return "/".join(Path(path).parts[-2:])
 
 
 def _gb(value: float) -> str:
@@ -324,9 +339,10 @@ def _gb(value: float) -> str:
 def print_curriculum(ranks: list[dict]) -> None:
     """Per stage of the curriculum run: RSS at start and end, peak, earlier engines still alive."""
     r0 = ranks[0]
-    print(f"\n{r0['model']}, ZeRO-{r0['zero']}, {r0['nproc']} proc, curriculum "
+    print(f"\n{r0['model']}, ZeRO-{r0['zero']}, {r0['nproc']} proc, {_short(r0['ds_config'])}, curriculum "
           f"{'+'.join(row['stage'] for row in r0['stages'])}"
           f"{', engine.destroy() at each stage end' if r0['destroy_engines'] else ''}"
+          f"{', glibc returns freed memory' if r0['malloc_return'] else ''}"
           f"{', buckets ' + format(r0['bucket_elements'], ',') if r0['bucket_elements'] else ''}: "
           f"peak RSS per rank {_gb(max(r['peak'] for r in ranks)).strip()} GB", flush=True)
     for i, row in enumerate(r0["stages"]):
@@ -347,20 +363,24 @@ def print_result(ranks: list[dict]) -> None:
     floor, live = r0["floor"], r0["live"]
     peak = max(r["peak"] for r in ranks)
     runtime = r0["phases"][0]["rss"]
-    print(f"\n{r0['model']}, ZeRO-{r0['zero']}, {r0['nproc']} proc"
-          f"{', buckets ' + format(r0['bucket_elements'], ',') if r0['bucket_elements'] else ''}: "
+    print(f"\n{r0['model']}, ZeRO-{r0['zero']}, {r0['nproc']} proc, {_short(r0['ds_config'])}"
+          f"{', buckets ' + format(r0['bucket_elements'], ',') if r0['bucket_elements'] else ''}"
+          f"{', glibc returns freed memory' if r0['malloc_return'] else ''}"
+          f"{', overrides ' + ' '.join(r0['overrides']) if r0['overrides'] else ''}: "
           f"{r0['counts']['parameters'] / 1e6:.1f}M parameters, {r0['counts']['trainable'] / 1e6:.1f}M trainable; "
-          f"batches (rank 0) {[b['passages'] for b in r0['batches']]}", flush=True)
+          f"batches (rank 0) {[b.get('passages', b['keys']) for b in r0['batches']]}", flush=True)
     print(f"  peak RSS per rank {_gb(peak)} GB (ranks: {', '.join(_gb(r['peak']).strip() for r in ranks)}) | floor "
           f"{_gb(floor['total']).strip()} GB (weights {_gb(floor['weights']).strip()}, gradients "
-          f"{_gb(floor['gradients']).strip()}, moments {_gb(floor['moments']).strip()}) + runtime {_gb(runtime).strip()}"
+          f"{_gb(floor['gradients']).strip()}, moments {_gb(floor['moments']).strip()}) + runtime "
+          f"{_gb(runtime).strip()}"
           f" = {_gb(floor['total'] + runtime).strip()} GB; peak / (floor + runtime) "
           f"{peak / (floor['total'] + runtime):.2f}", flush=True)
     print("  rank 0 phases, GB (RSS growth in the phase / peak within it): " + "; ".join(rows), flush=True)
     if live:
         print(f"  last step, live tensors created in it: activations kept at the end of encoding "
               f"{_gb(live['encoded']).strip()} GB, loss peak {_gb(live['loss_peak']).strip()} (score blocks "
-              f"{_gb(live['loss_peak'] - live['encoded']).strip()}), backward peak {_gb(live['backward_peak']).strip()}, "
+              f"{_gb(live['loss_peak'] - live['encoded']).strip()}), backward peak "
+              f"{_gb(live['backward_peak']).strip()}, "
               f"optimizer step peak {_gb(live['optimizer_peak']).strip()}", flush=True)
 
 
@@ -372,11 +392,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stage", default="warmup",
                         help="stage of configs/demo.yaml (unified: split-batch + self-distillation); a comma list "
                              "(warmup,unified) runs them in order through the real Trainer and reports per stage")
+    parser.add_argument("--override", action="append", default=[],
+                        help="a dotted run-config override applied after the demo's, e.g. "
+                             "stages.warmup.freeze=[] or stages.warmup.data.buckets.tokens_per_rank=512 (repeatable)")
+    parser.add_argument("--malloc-return", action="store_true",
+                        help="run the workers with glibc thresholds that return freed memory to the system at once")
     parser.add_argument("--destroy-engines", action="store_true",
                         help="with several stages: call engine.destroy() at each stage end (the proposed fix)")
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per launch (>= 2: the last is measured "
                                                              "with the live-tensor tracker)")
     parser.add_argument("--bucket-elements", type=int, help="set every bucket size of the ds_configs to this")
+    parser.add_argument("--ds-config-dir", type=Path, default=REPO / "ds_configs",
+                        help="directory of zero<N>.json files (e.g. an older version of ds_configs/)")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS per process")
     parser.add_argument("--model-dir", type=Path, help="use this HF model directory for 'tiny' (e.g. a test fixture)")
     parser.add_argument("--rows", type=int, default=0,

@@ -312,7 +312,8 @@ def mem_available() -> int:
     return 1 << 62
 
 
-def launch(cmd: list[str], threads: int, log_path: Path, min_available: int = MIN_AVAILABLE) -> tuple[int, int, float]:
+def launch(cmd: list[str], threads: int, log_path: Path, min_available: int = MIN_AVAILABLE,
+           extra_env: dict[str, str] | None = None) -> tuple[int, int, float]:
     """Run `cmd` with its output in `log_path`; (exit code, peak RSS of its largest process, wall seconds).
 
     The machine is shared: when its available memory drops below `min_available` the run's whole process
@@ -321,7 +322,8 @@ def launch(cmd: list[str], threads: int, log_path: Path, min_available: int = MI
     """
     env = dict(os.environ, OMP_NUM_THREADS=str(threads),
                TOKENIZERS_PARALLELISM="false", MLFLOW_DISABLE_TELEMETRY="true", HF_HUB_OFFLINE="1",
-               HF_DATASETS_OFFLINE="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+               HF_DATASETS_OFFLINE="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+               **(extra_env or {}))
     start = time.monotonic()
     with log_path.open("w", encoding="utf-8") as log:
         proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
