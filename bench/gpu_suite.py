@@ -48,11 +48,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -429,43 +428,53 @@ def probe(suite: Suite, t: Trainable, num: int, length: int, cap: int) -> tuple[
 
 
 def largest_batch(suite: Suite, t: Trainable, length: int, unit: int, cap: int) -> dict:
-    """Largest fitting batch: a line through two probes predicts it, a probe checks, bisection corrects.
+    """Largest fitting batch: a line through two probes predicts it, a probe checks, bisection narrows it.
 
-    The prediction is clamped to 16x the larger probe, and on the CPU a batch whose line estimate exceeds
-    the cap is not run at all (counted as not fitting): there the cap is checked after the step, and a
-    step far over it would take the host's memory, not just fail.
+    The prediction is clamped to 16x the larger probe, and a probe whose time (extrapolated from the
+    previous ones, linear in the batch) would exceed the remaining budget is not run. On the CPU a batch
+    whose line estimate exceeds the cap is not run either (it counts as not fitting): there the cap is
+    checked after the step, and a step far over it would take the host's memory, not just fail.
+    `bound` is "exact" when a batch within 1/32 above the result was run and did not fit.
     """
     probes, line = [], None
 
-    def fits(num: int) -> bool:
+    def fits(num: int) -> bool | None:
+        timed = [p for p in probes if p.get("seconds")]
+        if timed and timed[-1]["seconds"] * num / timed[-1]["batch"] > suite.remaining():
+            return None
         if not suite.cuda and line is not None and line(num) > cap:
-            probes.append({"batch": num, "fits": False, "peak_gib": None, "estimated_gib": round(line(num) / GIB, 3)})
+            probes.append({"batch": num, "fits": False, "estimated_gib": round(line(num) / GIB, 3)})
             return False
+        began = time.perf_counter()
         ok, peak = probe(suite, t, num, length, cap)
         probes.append({"batch": num, "fits": ok, "peak_gib": None if peak is None else round(peak / GIB, 3),
-                       "peak": peak})
+                       "peak": peak, "seconds": round(time.perf_counter() - began, 2)})
         return ok
 
-    small, large = unit, 4 * unit
+    small, large, predicted = unit, 4 * unit, None
     if not fits(small):
-        return {"max_batch": 0, "line_prediction": None, "probes": probes, "exact": True}
-    predicted = None
-    if not fits(large):
-        lo, hi = small, large
-    else:
+        return {"max_batch": 0, "line_prediction": None, "probes": probes, "bound": "exact"}
+    lo, hi = small, None
+    if fits(large):
+        lo = large
         p1, p2 = probes[0]["peak"], probes[1]["peak"]
         slope = max((p2 - p1) / (large - small), 1.0)
         line = lambda num: p2 + slope * (num - large)  # noqa: E731
         predicted = min(16 * large, max(large + 1, large + int((0.98 * cap - p2) / slope)))
-        lo, hi = (predicted, None) if fits(predicted) else (large, predicted)
-    while (hi is not None and hi - lo > max(1, lo // 32) and len(probes) < suite.shapes.max_probes
-           and suite.remaining() > 0):
+        verdict = fits(predicted)
+        lo, hi = (predicted, None) if verdict else (lo, predicted if verdict is False else None)
+    else:
+        hi = large
+    while hi is not None and hi - lo > max(1, lo // 32) and len(probes) < suite.shapes.max_probes:
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        verdict = fits(mid)
+        if verdict is None:
+            break
+        lo, hi = (mid, hi) if verdict else (lo, mid)
     for row in probes:
         row.pop("peak", None)
-    return {"max_batch": lo, "line_prediction": predicted, "probes": probes,
-            "exact": hi is None or hi - lo <= max(1, lo // 32)}
+    exact = hi is not None and hi - lo <= max(1, lo // 32)
+    return {"max_batch": lo, "line_prediction": predicted, "probes": probes, "bound": "exact" if exact else "lower"}
 
 
 def section_max_batch(suite: Suite) -> dict:
@@ -488,8 +497,10 @@ def section_max_batch(suite: Suite) -> dict:
                 t.objective.sub_batch_tokens = s.sub_batch_tokens if split else None
                 out[name] = largest_batch(suite, t, length, sub if split else 1, cap)
                 method = "split-batch" if split else "no split   "
-                say(f"  L={length:>5} {method}: max batch {out[name]['max_batch']:>5} "
-                    f"(line predicted {out[name]['line_prediction']}; {len(out[name]['probes'])} probes)")
+                found = out[name]
+                say(f"  L={length:>5} {method}: max batch {found['max_batch']:>5} ({found['bound']} bound; line "
+                    f"predicted {found['line_prediction']}; {len(found['probes'])} probes, "
+                    f"{sum(p.get('seconds', 0) for p in found['probes']):.0f} s)")
             plain, split = out.get(str(length), {}), out.get(f"{length} split-batch", {})
             if plain.get("max_batch") and split.get("max_batch"):
                 say(f"  L={length:>5} split-batch / no split: {split['max_batch'] / plain['max_batch']:.1f}x "

@@ -56,13 +56,15 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import math
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -513,6 +515,16 @@ def flag_sparse_tensor_bytes(passage_positions: int, vocab: int) -> int:
     return passage_positions * vocab * 4
 
 
+def comparison_parameters(start_dir: Path) -> int:
+    """Parameters both arms train (encoder + both heads; nothing is frozen in this comparison)."""
+    from safetensors import safe_open
+
+    with safe_open(str(start_dir / "model.safetensors"), "pt") as f:
+        encoder = sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
+    hidden = json.loads((start_dir / "config.json").read_text())["hidden_size"]
+    return encoder + hidden * hidden + hidden + hidden + 1  # colbert_linear (H x H + H) and sparse_linear (H + 1)
+
+
 def print_demo_batch_note(start_dir: Path) -> None:
     """The demo's warmup/unified batch (tokens_per_rank 4096, group 4): passages x padded length ~ 4 x 4096
     positions per rank in every bucket."""
@@ -521,6 +533,25 @@ def print_demo_batch_note(start_dir: Path) -> None:
     say(f"  the demo's e5-small batch (tokens_per_rank 4096, G4: ~16,384 passage positions per rank) would need "
         f"{size / GIB:.1f} GB per copy of FlagEmbedding's (passages, length, {vocab:,}) sparse tensor, "
         f"~{3 * size / GIB:.0f} GB with the scatter copy and its gradient: not runnable on this 24 GB machine")
+
+
+def optimizer_probe(num_params: int, rounds: int = 3) -> dict[str, float]:
+    """Seconds per AdamW step over one flat fp32 tensor of `num_params` (what ZeRO hands its optimizer), in
+    this process: torch's default on CPU (single-tensor: framework/train/engine.py asks for fused only with
+    CUDA) against fused=True (HF Trainer's default optim, adamw_torch_fused), alternating."""
+    import torch
+
+    param = torch.nn.Parameter(torch.zeros(num_params))
+    param.grad = torch.full_like(param, 1e-3)
+    times: dict[str, list[float]] = {"single-tensor": [], "fused": []}
+    optimizers = {"single-tensor": torch.optim.AdamW([param], lr=1e-5, foreach=False),
+                  "fused": torch.optim.AdamW([param], lr=1e-5, fused=True)}
+    for _ in range(rounds + 1):  # the first round allocates the moments
+        for name, opt in optimizers.items():
+            start = time.perf_counter()
+            opt.step()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values[1:]) for name, values in times.items()}
 
 
 MODEL_DEFAULTS = {
@@ -586,6 +617,10 @@ def main(argv: list[str] | None = None) -> None:
             print_comparison(comparison)
             if model == "e5-small" and nproc == 1:
                 print_demo_batch_note(start)
+                probe = optimizer_probe(comparison_parameters(start))
+                say(f"  AdamW step over e5-small's parameters, 1 thread: torch single-tensor (ours on CPU) "
+                    f"{probe['single-tensor']:.2f} s, fused (FlagEmbedding's HF Trainer) {probe['fused']:.2f} s")
+                results[-1]["adamw_probe_s"] = probe
             results.append(comparison.to_json())
     say("\nsummary: ours / flag samples/s (goal >= 2), peak RSS ours/flag, first-step loss gap")
     for r in results:
