@@ -1,11 +1,15 @@
 """Where a training rank's memory goes, against the weights + optimizer-state floor.
 
     python bench/memory_per_rank.py [--models tiny,e5-small] [--zero 0,2,3] [--procs 1,2] [--stage warmup]
-        [--steps 3] [--bucket-elements N] [--out results.json]
+        [--steps 3] [--out results.json]
+    python bench/memory_per_rank.py --models e5-small --zero 2 --procs 1 --stage warmup,unified [--destroy-engines]
+        [--malloc-return]                                   # the demo's stage change, as the Trainer runs it
+    what-if arms: --ds-config-dir DIR (other zero<N>.json files), --bucket-elements N (every bucket size = N),
+        --override stages.warmup.freeze=[] (any dotted run-config override, repeatable)
 
 Each (model, ZeRO stage, process count) is one launch (torchrun with gloo for 2 processes) of this script's
---worker mode, which builds what framework/train/stage.py's StageRun builds, in the same order, and runs
---steps optimizer steps of one stage of the demo curriculum (configs/demo.yaml; for e5-small with
+--worker mode. With one --stage it builds what framework/train/stage.py's StageRun builds, in the same order,
+and runs --steps optimizer steps of that stage of the demo curriculum (configs/demo.yaml; for e5-small with
 framework/demo.py's overrides: frozen word embeddings, tokens_per_rank 2048), measuring on every rank:
   RSS           the resident set after each phase and its peak within the phase (VmHWM, reset before each
                 phase through /proc/self/clear_refs). Phases: runtime (imports and the process group),
@@ -15,18 +19,22 @@ framework/demo.py's overrides: frozen word embeddings, tokens_per_rank 2048), me
   live tensors  during the last step: bytes of tensor storages created in the step and still alive
                 (bench/split_batch_memory.py's TorchDispatchMode tracker), at the end of encoding (the
                 activations autograd keeps for backward), at the loss's peak (score blocks on top), in
-                backward (ZeRO's gradient buckets included) and in the optimizer step.
+                backward (ZeRO's gradient buckets included, allocated size) and in the optimizer step.
+With several stages (--stage warmup,unified) it runs the real Trainer over them and reports, per stage, the
+RSS at its start and end, its peak, and how many earlier stages' DeepSpeed engines are still alive when it
+starts; --destroy-engines calls engine.destroy() at each stage end (the fix proposed for StageRun), and
+--malloc-return runs the workers with glibc thresholds that hand freed memory back at once, which separates
+memory the allocator keeps from memory in use.
 Floor per rank: fp32 weights 4N + gradients 4T + AdamW moments 8T bytes (N parameters, T trainable), the part
 a ZeRO stage shards divided by the world size (stage 1: moments, 2: + gradients, 3: + weights). "Runtime" is
 the process before any model exists (Python, torch, transformers, DeepSpeed): it is not part of the floor.
 
 DeepSpeed's buffers that depend on ds_configs/*.json: with contiguous_gradients ZeRO-1/2 take a fresh
-reduce_bucket_size-element buffer at every micro-batch (two with overlap_comm), into which each backward
-copies the gradients; ZeRO-3 sizes its gradient, prefetch and live-parameter buffers from
-reduce_bucket_size, stage3_prefetch_bucket_size and stage3_max_live_parameters. Memory that is allocated but
-never written is not resident, so the RSS shows what the buckets cost once gradients land in them.
---bucket-elements N writes copies of the chosen ds_configs with every bucket size set to N (the "what if"
-arm): run it beside the shipped values to see what a size changes.
+reduce_bucket_size-element buffer at every micro-batch (two with overlap_comm) and the gradients live in it;
+ZeRO-3 sizes its gradient, prefetch and live-parameter buffers from reduce_bucket_size,
+stage3_prefetch_bucket_size and stage3_max_live_parameters. On the CPU, allocated pages that are never
+written are not resident, so the RSS shows only what the gradients fill (the live-tensor figure shows the
+allocation); a CUDA caching allocator holds the whole allocation.
 """
 from __future__ import annotations
 

@@ -615,13 +615,13 @@ def main(argv: list[str] | None = None) -> None:
             say(f"[{model}] {s.label}")
             comparison = compare(s, args.work_dir / model / f"{nproc}proc", args.rounds, args.skip)
             print_comparison(comparison)
+            results.append(comparison.to_json())
             if model == "e5-small" and nproc == 1:
                 print_demo_batch_note(start)
                 probe = optimizer_probe(comparison_parameters(start))
                 say(f"  AdamW step over e5-small's parameters, 1 thread: torch single-tensor (ours on CPU) "
                     f"{probe['single-tensor']:.2f} s, fused (FlagEmbedding's HF Trainer) {probe['fused']:.2f} s")
                 results[-1]["adamw_probe_s"] = probe
-            results.append(comparison.to_json())
     say("\nsummary: ours / flag samples/s (goal >= 2), peak RSS ours/flag, first-step loss gap")
     for r in results:
         gap = r["first_step_relative_gap"]
