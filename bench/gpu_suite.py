@@ -2,8 +2,8 @@
 bge-m3 shape, the largest batch in 80 GB with and without split-batch, FlagEmbedding's model class on the
 same step, dense search of 1M x 1024 vectors, and the framework's gather over a one-rank NCCL group.
 
-    python bench/gpu_suite.py [--out gpu.json] [--budget-s 450] [--sections throughput,max_batch,...]
-    python bench/gpu_suite.py --smoke      # small shapes, CPU is fine, well under a minute (the test runs it)
+    python -m bench.gpu_suite [--out gpu.json] [--budget-s 450] [--sections throughput,max_batch,...]
+    python -m bench.gpu_suite --smoke      # small shapes, CPU is fine, well under a minute (the test runs it)
 
 Imports: torch, transformers and the framework modules measured (framework.model, framework.loss,
 framework.train.objective, framework.parallel), all but torch lazily; FlagEmbedding, faiss, flash_attn and
@@ -55,8 +55,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `python bench/gpu_suite.py` puts bench/ first, not the repo root
-    sys.path.insert(0, str(REPO))
 
 GIB = 2 ** 30
 SECTIONS = ("throughput", "max_batch", "flag_ratio", "search", "gather")
@@ -300,18 +298,22 @@ def _deepspeed_engine(objective):
 
 
 def make_batch(suite: Suite, num: int, length: int):
-    """num queries of query_len tokens and num passages of `length` tokens, random ids, no padding."""
+    """num queries of query_len tokens and num passages of `length` tokens (group size 1), random ids, no
+    padding: a framework Batch on the suite's device."""
     import torch
+
+    from framework.data.batch import Batch
 
     g = torch.Generator(device=suite.device).manual_seed(num * 100_003 + length)
     q = torch.randint(5, suite.shapes.vocab, (num, suite.shapes.query_len), device=suite.device, generator=g)
     p = torch.randint(5, suite.shapes.vocab, (num, length), device=suite.device, generator=g)
-    return q, torch.ones_like(q), p, torch.ones_like(p)
+    valid = torch.ones(num, dtype=torch.bool, device=suite.device)
+    return Batch.of(q, torch.ones_like(q), p, torch.ones_like(p), group_size=1, passage_valid_P=valid)
 
 
 def train_step(t: Trainable, batch) -> None:
     """Forward (M3Objective: encode, score every head, the loss; group size 1, step 0), backward, update."""
-    terms = t.forward(*batch, 1, 0)
+    terms = t.forward(batch=batch, step=0).terms
     t.backward(terms["loss"])
     t.step()
 
@@ -408,7 +410,7 @@ def probe(suite: Suite, t: Trainable, num: int, length: int, cap: int) -> tuple[
             train_step(t, batch)
             suite.sync()
             return True, float(torch.cuda.max_memory_allocated())
-        from split_batch_memory import LiveTensorBytes
+        from bench.split_batch_memory import LiveTensorBytes
 
         tracker = LiveTensorBytes()
         with tracker.mode:
@@ -537,9 +539,8 @@ def section_flag_ratio(suite: Suite) -> dict:
     flag = flag_model(t)
 
     def flag_step(batch) -> None:
-        q_ids, q_mask, p_ids, p_mask = batch
-        queries = {"input_ids": q_ids, "attention_mask": q_mask}
-        flag(queries, {"input_ids": p_ids, "attention_mask": p_mask}).loss.backward()
+        queries = {"input_ids": batch.q_ids_QL, "attention_mask": batch.q_mask_QL}
+        flag(queries, {"input_ids": batch.p_ids_PL, "attention_mask": batch.p_mask_PL}).loss.backward()
         t.step()
 
     out = {}

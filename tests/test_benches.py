@@ -30,7 +30,7 @@ def _run(args: list[str], timeout: int) -> subprocess.CompletedProcess:
 def test_vs_flagembedding_quick_runs_both_arms_on_the_same_batches(tiny_model_dir, tmp_path):
     pytest.importorskip("FlagEmbedding.finetune.embedder.encoder_only.m3")
     out = tmp_path / "vs.json"
-    done = _run(["bench/vs_flagembedding.py", "--quick", "--model-dir", str(tiny_model_dir),
+    done = _run(["-m", "bench.vs_flagembedding", "--quick", "--model-dir", str(tiny_model_dir),
                  "--work-dir", str(tmp_path / "work"), "--out", str(out)], timeout=900)
     (result,) = json.loads(out.read_text())
     steps = int(result["setting"]["steps"])
@@ -50,7 +50,7 @@ def test_vs_flagembedding_quick_runs_both_arms_on_the_same_batches(tiny_model_di
 @pytest.mark.slow
 def test_gpu_suite_smoke_runs_every_section(tmp_path):
     out = tmp_path / "gpu.json"
-    _run(["bench/gpu_suite.py", "--smoke", "--out", str(out)], timeout=600)
+    _run(["-m", "bench.gpu_suite", "--smoke", "--out", str(out)], timeout=600)
     results = json.loads(out.read_text())
     assert results["environment"]["smoke"] is True
     for section in ("throughput", "max_batch", "flag_ratio", "search", "gather"):
@@ -74,7 +74,7 @@ def test_gpu_suite_smoke_runs_every_section(tmp_path):
 @pytest.mark.distributed
 def test_memory_per_rank_phases_and_floor(tiny_model_dir, tmp_path):
     out = tmp_path / "memory.json"
-    done = _run(["bench/memory_per_rank.py", "--models", "tiny", "--model-dir", str(tiny_model_dir), "--rows", "300",
+    done = _run(["-m", "bench.memory_per_rank", "--models", "tiny", "--model-dir", str(tiny_model_dir), "--rows", "300",
                  "--zero", "2", "--procs", "1", "--steps", "2", "--work-dir", str(tmp_path / "work"),
                  "--out", str(out)], timeout=900)
     (rank0,) = json.loads(out.read_text())
