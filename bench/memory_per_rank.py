@@ -128,7 +128,7 @@ def _build(spec: dict, phases: RSSPhases):
     from framework.parallel import rank, world_size
     from framework.train.batching import plan_batches
     from framework.train.config import load_run_config
-    from framework.train.engine import build_engine, freeze, resolve_ds_config, resolve_precision
+    from framework.train.engine import build_engine, freeze, resolve_ds_config, resolve_precision, size_buckets
     from framework.train.tasks import TASKS
     from bench.vs_flagembedding import our_loader
 
@@ -143,7 +143,9 @@ def _build(spec: dict, phases: RSSPhases):
     counts = {"parameters": sum(p.numel() for p in params),
               "trainable": sum(p.numel() for p in params if p.requires_grad)}
     with phases.phase("engine"):
-        ds = resolve_ds_config(run.engine, plan, stage.optim, resolve_precision(run.engine.precision))
+        ds = size_buckets(resolve_ds_config(run.engine, plan, stage.optim, resolve_precision(run.engine.precision)),
+                          counts["trainable"])
+        counts["buckets"] = {k: v for k, v in ds["zero_optimization"].items() if k in BUCKET_KEYS}
         engine, _, _ = build_engine(task.objective, stage.optim, plan, ds)
         task.after_engine(ds["zero_optimization"].get("stage", 0))
     engine.train()
@@ -197,7 +199,8 @@ def curriculum_worker(spec: dict) -> None:
         try:
             return original(self)
         finally:
-            row.update(peak=_status_bytes("VmHWM"), rss_end=_status_bytes("VmRSS"))
+            row.update(peak=_status_bytes("VmHWM"), rss_end=_status_bytes("VmRSS"),
+                       buckets={k: v for k, v in self.ds_config["zero_optimization"].items() if k in BUCKET_KEYS})
             rows.append(row)
             engines.append(weakref.ref(self.engine))
             if spec["destroy_engines"]:
@@ -270,9 +273,8 @@ def ds_config_file(zero: int, bucket_elements: int | None, work: Path, config_di
         return shipped
     ds = json.loads(shipped.read_text())
     zero_section = ds.setdefault("zero_optimization", {})
-    for key in BUCKET_KEYS:
-        if key in zero_section:
-            zero_section[key] = bucket_elements
+    keys = BUCKET_KEYS[0::2] if zero_section.get("stage", 0) >= 3 else BUCKET_KEYS[:2]
+    zero_section.update({key: bucket_elements for key in keys})
     path = work / f"zero{zero}-buckets{bucket_elements}.json"
     path.write_text(json.dumps(ds, indent=2))
     return path
@@ -334,6 +336,10 @@ def _short(path: str) -> str:
     return "/".join(Path(path).parts[-2:])
 
 
+def _buckets(buckets: dict) -> str:
+    return ", ".join(f"{k.replace('_bucket_size', '')} {v:.3g}" for k, v in buckets.items()) or "none (ZeRO-0)"
+
+
 def _gb(value: float) -> str:
     return f"{value / GIB:6.2f}"
 
@@ -345,7 +351,7 @@ def print_curriculum(ranks: list[dict]) -> None:
           f"{'+'.join(row['stage'] for row in r0['stages'])}"
           f"{', engine.destroy() at each stage end' if r0['destroy_engines'] else ''}"
           f"{', glibc returns freed memory' if r0['malloc_return'] else ''}"
-          f"{', buckets ' + format(r0['bucket_elements'], ',') if r0['bucket_elements'] else ''}: "
+          f", buckets {_buckets(r0['stages'][0]['buckets'])}: "
           f"peak RSS per rank {_gb(max(r['peak'] for r in ranks)).strip()} GB", flush=True)
     for i, row in enumerate(r0["stages"]):
         peaks = ", ".join(_gb(r["stages"][i]["peak"]).strip() for r in ranks)
@@ -370,6 +376,7 @@ def print_result(ranks: list[dict]) -> None:
           f"{', glibc returns freed memory' if r0['malloc_return'] else ''}"
           f"{', overrides ' + ' '.join(r0['overrides']) if r0['overrides'] else ''}: "
           f"{r0['counts']['parameters'] / 1e6:.1f}M parameters, {r0['counts']['trainable'] / 1e6:.1f}M trainable; "
+          f"buckets {_buckets(r0['counts']['buckets'])}; "
           f"batches (rank 0) {[b.get('passages', b['keys']) for b in r0['batches']]}", flush=True)
     print(f"  peak RSS per rank {_gb(peak)} GB (ranks: {', '.join(_gb(r['peak']).strip() for r in ranks)}) | floor "
           f"{_gb(floor['total']).strip()} GB (weights {_gb(floor['weights']).strip()}, gradients "

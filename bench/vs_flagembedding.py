@@ -9,8 +9,9 @@ Arms, each one training run in fresh processes (1 process, or 2 under torchrun w
         the runner from the same command-line arguments its `python -m FlagEmbedding...m3` entry point
         parses, adds a TrainerCallback that records each step's end time and loss, and trains.
   ours  `python -m framework train --config RUN.yaml`: DeepSpeed (ds_configs/zero<--zero>.json), the
-        pre-tokenised shards of framework/data/prepare (tools/make_shards.py's job), the length-bucketed stream; times and losses come
-        from the run's metrics.jsonl (tracking.log_every=1, MLflow off).
+        pre-tokenised shards of framework/data/prepare (tools/make_shards.py's job), the length-bucketed
+        stream, unpadded encoding (ModelConfig.unpad, main's default); times and losses come from the run's
+        metrics.jsonl (tracking.log_every=1, MLflow off).
 The arms run one after the other in ABBA order (flag, ours, ours, flag, ...), never at the same time, so
 that load from other jobs on the machine hits both alike; the figures are ratios of the two.
 

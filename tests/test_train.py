@@ -25,7 +25,7 @@ from framework.loss import LossConfig
 from framework.model import load_m3
 from framework.train.batching import plan_batches
 from framework.train.config import EngineConfig, OptimConfig, RunConfig, load_run_config
-from framework.train.engine import freeze, resolve_ds_config
+from framework.train.engine import freeze, resolve_ds_config, size_buckets
 from framework.train.objective import M3Objective
 from tests.train_scenarios import REPO_ROOT, losses, run_config
 
@@ -119,6 +119,27 @@ def test_batch_plan_and_deepspeed_injection(tmp_path):
     bad.write_text(json.dumps({"train_batch_size": 32}))
     with pytest.raises(ValueError, match=r"sets \['train_batch_size'\], which the run derives"):
         resolve_ds_config(EngineConfig(deepspeed_config=str(bad)), plan, OptimConfig(), "fp32")
+
+
+def test_bucket_sizes_come_from_the_model_unless_the_file_writes_them(tmp_path):
+    plan = plan_batches(from_dict(RunConfig, _raw(tmp_path, data={"manifest": "m", "buckets": {
+        "edges": [500], "total_batch": {500: 8}}})).stages[0], world_size=1, manifest_edges=(500,))
+
+    def buckets(name: str, trainable: int, zero: int | None = None) -> dict:
+        ds = resolve_ds_config(EngineConfig(deepspeed_config=str(REPO_ROOT / "ds_configs" / name), zero_stage=zero),
+                               plan, OptimConfig(), "fp32")
+        return {k: v for k, v in size_buckets(ds, trainable)["zero_optimization"].items() if "bucket" in k}
+
+    # e5-small as the demo trains it (22M trainable): T / 8 rounded to 1024, not DeepSpeed's 5e8 default.
+    assert buckets("zero2.json", 22_000_000) == {"reduce_bucket_size": 2_749_440, "allgather_bucket_size": 2_749_440}
+    assert buckets("zero3.json", 568_000_000) == {"reduce_bucket_size": 70_999_040,
+                                                  "stage3_prefetch_bucket_size": 63_899_136}
+    assert buckets("zero1.json", 1_000) == {"reduce_bucket_size": 999_424, "allgather_bucket_size": 999_424}  # floor
+    assert buckets("zero2.json", 10 ** 10)["reduce_bucket_size"] == 199_999_488                            # cap
+    assert buckets("zero2.json", 22_000_000, zero=0) == {}
+    written = tmp_path / "written.json"
+    written.write_text(json.dumps({"zero_optimization": {"stage": 2, "reduce_bucket_size": 12345}}))
+    assert buckets(str(written), 22_000_000) == {"reduce_bucket_size": 12345, "allgather_bucket_size": 2_749_440}
 
 
 @pytest.mark.parametrize("path", sorted((REPO_ROOT / "configs").rglob("*.yaml")), ids=lambda p: p.name)

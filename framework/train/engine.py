@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 INJECTED = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
             "gradient_clipping", "bf16", "fp16", "optimizer", "scheduler")
+BUCKET_FLOOR, BUCKET_CAP = 1_000_000, 200_000_000  # elements (size_buckets)
 NO_DECAY = re.compile(r"(^|\.)bias$|LayerNorm\.weight$|layer_norm\.weight$|norm\.weight$")
 
 
@@ -68,6 +69,30 @@ def resolve_ds_config(cfg: EngineConfig, plan: BatchPlan, optim: OptimConfig, pr
                                       * plan.world_size)
     ds["gradient_clipping"] = optim.grad_clip
     ds["bf16"] = {"enabled": precision == "bf16"}
+    return ds
+
+
+def bucket_elements(trainable: int) -> int:
+    """ds_configs/README.md's rule: clamp(T / 8, 1e6, 2e8) elements, a multiple of 1024 (T trainable
+    parameters): two gradient buffers of a quarter of the gradients, a few hundred MB per collective at
+    the paper's scale, no per-call latency paid thousands of times per step for tiny models."""
+    return min(max(trainable // 8, BUCKET_FLOOR), BUCKET_CAP) // 1024 * 1024
+
+
+def size_buckets(ds: dict, trainable: int) -> dict:
+    """A copy of `ds` with the ZeRO bucket sizes the file leaves out sized from the model; a value the file
+    writes is kept. DeepSpeed's own default (5e8 elements, 2 GB in fp32) exceeds most models, and ZeRO-1/2
+    allocate one or two reduce buffers of that size at every micro-batch."""
+    zero = ds.get("zero_optimization", {})
+    stage = zero.get("stage", 0)
+    if stage == 0:
+        return ds
+    size = bucket_elements(trainable)
+    keys = ({"reduce_bucket_size": size, "stage3_prefetch_bucket_size": size * 9 // 10} if stage >= 3 else
+            {"reduce_bucket_size": size, "allgather_bucket_size": size})
+    ds = copy.deepcopy(ds)
+    for key, value in keys.items():
+        ds["zero_optimization"].setdefault(key, value)
     return ds
 
 

@@ -30,7 +30,7 @@ from framework.tracking import NullTracker
 from framework.train.batching import BatchPlan, plan_batches, samples_per_bucket
 from framework.train.checkpoint import Checkpoints, ResumePoint
 from framework.train.config import RunConfig
-from framework.train.engine import UpdateGate, build_engine, freeze, resolve_ds_config, resolve_precision
+from framework.train.engine import UpdateGate, build_engine, freeze, resolve_ds_config, resolve_precision, size_buckets
 from framework.train.evaluation import TrainingEvaluation
 from framework.train.meter import Meter, Window, loss_lines, progress_line
 from framework.train.objective import ObjectiveOutput
@@ -79,7 +79,8 @@ def build_stage_engine(run: RunConfig, index: int, start_dir: Path, plan: BatchP
     task = task_class(stage.kind)(run, stage, start_dir)
     frozen = freeze(task.objective, stage.freeze)
     precision = resolve_precision(run.engine.precision)
-    ds_config = resolve_ds_config(run.engine, plan, stage.optim, precision)
+    trainable = sum(p.numel() for p in task.objective.parameters() if p.requires_grad)
+    ds_config = size_buckets(resolve_ds_config(run.engine, plan, stage.optim, precision), trainable)
     if load_universal and ds_config["zero_optimization"].get("stage", 0) > 0:
         ds_config.setdefault("checkpoint", {})["load_universal"] = True
     engine, updates, scheduler = build_engine(task.objective, stage.optim, plan, ds_config)
