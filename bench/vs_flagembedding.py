@@ -617,15 +617,15 @@ def main(argv: list[str] | None = None) -> None:
                 say(f"  AdamW step over e5-small's parameters, 1 thread: torch single-tensor (ours on CPU) "
                     f"{probe['single-tensor']:.2f} s, fused (FlagEmbedding's HF Trainer) {probe['fused']:.2f} s")
                 results[-1]["adamw_probe_s"] = probe
+            if args.out:  # after every comparison: a run cut short keeps what it measured
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(results, indent=2))
     say("\nsummary: ours / flag samples/s (goal >= 2), peak RSS ours/flag, first-step loss gap")
     for r in results:
         gap = r["first_step_relative_gap"]
         rss = r["ours"]["peak_rss_bytes"] / r["flag"]["peak_rss_bytes"]
         say(f"  {r['setting']['model']:<9} {r['setting']['nproc']} proc: {r['ratio_samples_per_s']:.2f}x, "
             f"RSS {rss:.2f}, gap {gap:.1e}")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
