@@ -18,7 +18,8 @@ Sections
               XLM-R-large (24 layers, hidden 1024, 16 heads, FFN 4096, vocab 250,002, 8,194 positions),
               bf16 weights with fp32 master weights and AdamW moments (what DeepSpeed's bf16 mode keeps;
               DeepSpeed itself when importable and --engine deepspeed), dropout 0.1 as in training, at
-              L = 512, 2,048, 8,192, with SDPA and with FlashAttention-2 when flash_attn imports.
+              L = 512, 2,048, 8,192, with SDPA and with FlashAttention-2 when flash_attn imports (the
+              unpadded encoder's `sdpa` and `flash` kernels, ModelConfig.attention).
               Printed: step time, tokens/s, peak allocated memory and
                 MFU = (6 x N x T + 12 x layers x hidden x sum over sequences of length^2) / (step time x peak)
               with N the parameters that take part in matmuls (all but the embedding tables, which are
@@ -61,6 +62,8 @@ SECTIONS = ("throughput", "max_batch", "flag_ratio", "search", "gather")
 # Dense bf16 tensor-core peaks (no sparsity) by device-name fragment, most specific first.
 PEAK_BF16 = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("H800", 989e12), ("A100", 312e12),
              ("A800", 312e12), ("L40S", 362e12))
+# HF attention implementation of an arm -> framework/model/attention.py's kernel for the unpadded encoder.
+UNPADDED_ATTENTION = {"sdpa": "sdpa", "flash_attention_2": "flash"}
 SPECIAL_IDS = [0, 1, 2, 3]  # XLM-R's <s>, <pad>, </s>, <unk>: no lexical weight
 
 
@@ -261,7 +264,10 @@ def build_trainable(suite: Suite, attn: str) -> Trainable:
     with torch.device(suite.device):
         encoder = XLMRobertaModel(config, add_pooling_layer=False)
     dtype = getattr(torch, s.dtype)
-    model = M3Model(encoder, SPECIAL_IDS, ModelConfig()).to(device=suite.device, dtype=dtype)
+    # The unpadded encoder (main's default) runs its own attention: the arm names its kernel (the batches
+    # have no padding, so packing costs only the index bookkeeping).
+    unpadded = ModelConfig(attention=UNPADDED_ATTENTION[attn])
+    model = M3Model(encoder, SPECIAL_IDS, unpadded).to(device=suite.device, dtype=dtype)
     objective = M3Objective(model, LossConfig.preset("reference")).train()
     matmul = sum(p.numel() for name, p in objective.named_parameters() if "embeddings" not in name)
     if suite.args.engine == "deepspeed":
