@@ -2,7 +2,7 @@
 
     python -m bench.memory_per_rank [--models tiny,e5-small] [--zero 0,2,3] [--procs 1,2] [--stage warmup]
         [--steps 3] [--out results.json]
-    python -m bench.memory_per_rank --models e5-small --zero 2 --procs 1 --stage warmup,unified [--destroy-engines]
+    python -m bench.memory_per_rank --models e5-small --zero 2 --procs 1 --stage warmup,unified [--keep-engines]
         [--malloc-return]                                   # the demo's stage change, as the Trainer runs it
     what-if arms: --ds-config-dir DIR (other zero<N>.json files), --bucket-elements N (every bucket size = N),
         --override stages.warmup.freeze=[] (any dotted run-config override, repeatable)
@@ -22,7 +22,7 @@ framework/demo.py's overrides: frozen word embeddings, tokens_per_rank 2048), me
                 backward (ZeRO's gradient buckets included, allocated size) and in the optimizer step.
 With several stages (--stage warmup,unified) it runs the real Trainer over them and reports, per stage, the
 RSS at its start and end, its peak, and how many earlier stages' DeepSpeed engines are still alive when it
-starts; --destroy-engines calls engine.destroy() at each stage end (the fix proposed for StageRun), and
+starts; --keep-engines makes StageRun.close a no-op (the trainer before it released each stage's engine), and
 --malloc-return runs the workers with glibc thresholds that hand freed memory back at once, which separates
 memory the allocator keeps from memory in use.
 Floor per rank: fp32 weights 4N + gradients 4T + AdamW moments 8T bytes (N parameters, T trainable), the part
@@ -178,7 +178,8 @@ def _step(task, engine, batch, step: int, phases: RSSPhases, tracker) -> dict:
 
 def curriculum_worker(spec: dict) -> None:
     """The real Trainer over consecutive stages: RSS at each stage's start and end, its peak, and how many
-    earlier stages' DeepSpeed engines are still alive when it starts (optionally destroying each at its end)."""
+    earlier stages' DeepSpeed engines are still alive when it starts (--keep-engines: as before
+    StageRun.close released them)."""
     import gc
     import weakref
 
@@ -203,10 +204,10 @@ def curriculum_worker(spec: dict) -> None:
                        buckets={k: v for k, v in self.ds_config["zero_optimization"].items() if k in BUCKET_KEYS})
             rows.append(row)
             engines.append(weakref.ref(self.engine))
-            if spec["destroy_engines"]:
-                self.engine.destroy()
 
     StageRun.run = measured_run
+    if spec["keep_engines"]:  # the trainer as it was: no engine released at a stage's end
+        StageRun.close = lambda self: None
     Trainer(load_run_config(None, data=spec["run"]), NullTracker()).train()
     gc.collect()
     out = {"rank": rank(), "world": world_size(), "stages": rows, "peak": max(r["peak"] for r in rows),
@@ -299,7 +300,7 @@ def measure(model: str, model_dir: Path, manifest: Path, zero: int, nproc: int, 
 
     tag = (f"{model}-zero{zero}-{nproc}proc-{args.stage.replace(',', '+')}-{args.ds_config_dir.name}"
            + (f"-buckets{args.bucket_elements}" if args.bucket_elements else "")
-           + ("-destroy" if args.destroy_engines else "") + ("-malloc" if args.malloc_return else "")
+           + ("-keep" if args.keep_engines else "") + ("-malloc" if args.malloc_return else "")
            + (f"-{len(args.override)}overrides" if args.override else ""))
     out = args.work_dir / "runs" / tag
     shutil.rmtree(out / "run", ignore_errors=True)  # the curriculum mode's Trainer would resume an old run
@@ -309,7 +310,7 @@ def measure(model: str, model_dir: Path, manifest: Path, zero: int, nproc: int, 
     spec = {"run": stage_config(model, model_dir, manifest, stages, zero, ds_config, args.steps, out / "run",
                                 args.override),
             "steps": args.steps, "out": str(out / "result"), "curriculum": len(stages) > 1,
-            "destroy_engines": args.destroy_engines}
+            "keep_engines": args.keep_engines}
     (out / "spec.json").write_text(json.dumps(spec))
     for old in out.glob("result.rank*.json"):
         old.unlink()
@@ -326,7 +327,7 @@ def measure(model: str, model_dir: Path, manifest: Path, zero: int, nproc: int, 
     for r in ranks:
         r.update(model=model, zero=zero, nproc=nproc, wall_s=wall, bucket_elements=args.bucket_elements,
                  ds_config=str(ds_config),
-                 destroy_engines=args.destroy_engines, malloc_return=args.malloc_return, overrides=args.override)
+                 keep_engines=args.keep_engines, malloc_return=args.malloc_return, overrides=args.override)
         if "counts" in r:
             r["floor"] = floor_bytes(r["counts"], zero, nproc)
     return ranks
@@ -349,7 +350,7 @@ def print_curriculum(ranks: list[dict]) -> None:
     r0 = ranks[0]
     print(f"\n{r0['model']}, ZeRO-{r0['zero']}, {r0['nproc']} proc, {_short(r0['ds_config'])}, curriculum "
           f"{'+'.join(row['stage'] for row in r0['stages'])}"
-          f"{', engine.destroy() at each stage end' if r0['destroy_engines'] else ''}"
+          f"{', engines kept (StageRun.close a no-op)' if r0['keep_engines'] else ''}"
           f"{', glibc returns freed memory' if r0['malloc_return'] else ''}"
           f", buckets {_buckets(r0['stages'][0]['buckets'])}: "
           f"peak RSS per rank {_gb(max(r['peak'] for r in ranks)).strip()} GB", flush=True)
@@ -406,8 +407,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "stages.warmup.freeze=[] or stages.warmup.data.buckets.tokens_per_rank=512 (repeatable)")
     parser.add_argument("--malloc-return", action="store_true",
                         help="run the workers with glibc thresholds that return freed memory to the system at once")
-    parser.add_argument("--destroy-engines", action="store_true",
-                        help="with several stages: call engine.destroy() at each stage end (the proposed fix)")
+    parser.add_argument("--keep-engines", action="store_true",
+                        help="with several stages: keep every stage's engine alive (StageRun.close a no-op), as "
+                             "the trainer did before it released them")
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per launch (>= 2: the last is measured "
                                                              "with the live-tensor tracker)")
     parser.add_argument("--bucket-elements", type=int, help="set every bucket size of the ds_configs to this")

@@ -169,6 +169,15 @@ class StageRun:
             self.evaluation.finish()
         return export
 
+    def close(self) -> None:
+        """Release the engine once the stage has exported. DeepSpeed keeps an engine (weights, optimizer
+        state, ZeRO buffers, hooks) reachable until destroy(): without this every finished stage's engine
+        stayed resident to the end of the run, beside the next stage's and the stage-end evaluation
+        (bench/memory_per_rank.py's curriculum mode counts them)."""
+        if self.engine is not None:
+            self.engine.destroy()
+        self.engine = self.updates = self.scheduler = self.feed = self.task = None
+
     def next_start(self, export: Path) -> Path:
         """The directory the next stage starts from: `export` (the last weights) or the best evaluation's."""
         return export if self.evaluation is None else self.evaluation.next_start(export)

@@ -114,6 +114,7 @@ class Trainer:
                 stage_run = StageRun(self.cfg, index, start_dir, self.tracker, self.checkpoints, resume,
                                      self.preemption)
                 export = stage_run.run()
+                stage_run.close()  # its engine goes before the stage-end evaluation and the next stage's engine
                 if self.evaluate is not None and stage.evaluate.benchmark_name:
                     self.evaluate(stage, export, self.tracker, self.output_dir)
                 write_model_card(export, ModelCard.for_stage(self.cfg, index))
