@@ -88,3 +88,25 @@ def test_memory_per_rank_phases_and_floor(tiny_model_dir, tmp_path):
     # The live-tensor tracker saw the last step: encoder activations, then more at the loss.
     assert 0 < rank0["live"]["encoded"] <= rank0["live"]["loss_peak"]
     assert "peak RSS per rank" in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_trainer_releases_each_stage_engine(tiny_model_dir, tmp_path):
+    """The real Trainer over two stages: every stage's DeepSpeed engine is gone once the stage has
+    exported (StageRun.close); kept alive, as before, both would still be there at the end."""
+    def engines_alive(*extra: str) -> list[dict]:
+        out = tmp_path / f"curriculum{len(extra)}.json"
+        _run(["-m", "bench.memory_per_rank", "--models", "tiny", "--model-dir", str(tiny_model_dir), "--rows", "300",
+              "--zero", "2", "--procs", "1", "--steps", "2", "--stage", "warmup,unified",
+              "--work-dir", str(tmp_path / "work"), "--out", str(out), *extra], timeout=900)
+        (rank0,) = json.loads(out.read_text())
+        return rank0
+
+    released, kept = engines_alive(), engines_alive("--keep-engines")
+    assert [row["stage"] for row in released["stages"]] == ["warmup", "unified"]
+    assert [row["earlier_engines_alive"] for row in released["stages"]] == [0, 0]
+    assert released["engines_alive_at_end"] == 0
+    assert [row["earlier_engines_alive"] for row in kept["stages"]] == [0, 1] and kept["engines_alive_at_end"] == 2
+    # The bucket sizes the stage used came from the model (the tiny model's trainable count: the rule's floor).
+    assert released["stages"][0]["buckets"] == {"reduce_bucket_size": 999_424, "allgather_bucket_size": 999_424}
