@@ -33,6 +33,9 @@ Same work in both arms:
            is FlagEmbedding's gradient (the framework's default local_rows gives the single-process
            gradient instead, cheaper at scale but a different update; see framework/parallel/gather.py).
 
+Our default data.source_rules mask_duplicates (a negative whose token ids equal one of the query's positives
+is left out of its softmax) is off here: FlagEmbedding scores such a passage as a negative.
+
 Known differences that remain (why the losses agree closely but not exactly):
   - ColBERT score: FlagEmbedding's max over passage tokens includes the zero vectors at padding positions,
     so a query token whose best real match is negative scores 0 there; ours excludes padding (as
@@ -199,7 +202,9 @@ def run_config(s: Setting, out_dir: Path) -> dict:
     """Our run config for setting `s` (a plain dict, as a YAML file would hold it)."""
     data = {"manifest": str(s.manifest), "group_size": s.group_size, "query_max_length": s.query_max,
             "passage_max_length": s.passage_max, "mix_sources": True, "num_workers": 0,
-            "buckets": {"total_batch": {8192: s.queries * s.nproc}}}
+            "buckets": {"total_batch": {8192: s.queries * s.nproc}},
+            # FlagEmbedding scores a passage equal to one of the query's positives as a negative: so do we here.
+            "source_rules": {"*": {"mask_duplicates": False}}}
     stage = {"name": "finetune", "steps": s.steps, "data": data,
              "loss": {"preset": "reference", "use_self_distill": True, "self_distill_start_step": -1},
              "optim": {"lr": s.lr, "warmup_steps": 0, "schedule": "constant", "weight_decay": 0.01,
