@@ -285,10 +285,11 @@ def test_meter_counts_computed_positions_skips_and_bad_records(tokenizer_dir):
     empty = Batch.of(*(torch.ones(0, 8, dtype=torch.long),) * 2, *(torch.ones(0, 8, dtype=torch.long),) * 2, 2)
     meter = Meter()
     meter.add(batch, {"loss": torch.tensor(2.0)})
-    meter.add(batch, {"loss": torch.tensor(4.0)}, ForwardReport(computed_positions=76))
+    meter.add(batch, {"loss": torch.tensor(4.0)}, ForwardReport(computed_positions=76, attention_positions=78))
     window = meter.collect()
     assert window.metrics["loss"] == 3.0 and window.metrics["bucket"] == 3
     assert window.metrics["padding_efficiency"] == pytest.approx(152 / (80 + 76))
+    assert window.metrics["attention_efficiency"] == pytest.approx(152 / (80 + 78))
     assert window.bad_records == {"missing_samples": 10} and window.metrics["records_truncated"] == 6
     meter.skip([batch, empty], "empty")
     window = meter.collect()

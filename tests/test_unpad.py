@@ -159,14 +159,17 @@ def test_m3_objective_with_split_batch_equals_the_padded_objective(model_dir):
         out = objective(batch=Batch.of(q_ids, q_mask, p_ids, p_mask, group_size=2), step=0)
         out.terms["loss"].backward()
         losses.append({k: float(v.detach()) for k, v in out.terms.items()})
-        positions.append(out.report.computed_positions)
+        positions.append((out.report.computed_positions, out.report.attention_positions))
         all_grads.append(grads(model))
     assert losses[0].keys() == losses[1].keys()
     for name in losses[0]:
         assert losses[1][name] == pytest.approx(losses[0][name], rel=1e-5, abs=1e-6), name
     assert_grads_close(*all_grads)
-    # What the trainer logs: padded positions without unpadding, the real tokens with it.
-    assert positions == [None, int(q_mask.sum() + p_mask.sum())]
+    # What the trainer logs: padded positions without unpadding, the real tokens with it; attention pads
+    # each sub-batch's length groups, so its positions lie between the real tokens and the padded batch.
+    real = int(q_mask.sum() + p_mask.sum())
+    assert positions[0] == (None, None) and positions[1][0] == real
+    assert real <= positions[1][1] < q_mask.numel() + p_mask.numel()
 
 
 def test_gradient_checkpointing_recomputes_each_layer_with_equal_gradients(model_dir):
@@ -213,6 +216,7 @@ def test_retromae_losses_and_gradients_equal_the_padded_encoder(tiny_model_dir):
         terms = objective(ids_BL, mask_BL, step=4)
         terms["loss"].backward()
         assert objective.last_computed_positions == (int(mask_BL.sum()) if unpad else None)
+        assert (objective.last_attention_positions is None) == (not unpad)
         results.append(({k: float(v.detach()) for k, v in terms.items()}, grads(objective)))
     for name, value in results[0][0].items():
         assert results[1][0][name] == pytest.approx(value, rel=1e-5), name

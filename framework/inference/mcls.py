@@ -38,7 +38,7 @@ def insert_cls(text_ids: list[int], cls_id: int, eos_id: int, interval: int, max
 def mcls_dense(encoder, input_ids_BL: torch.Tensor, attention_mask_BL: torch.Tensor, cls_id: int,
                normalize: bool = True, unpad: bool = True) -> torch.Tensor:
     """Mean of the CLS hidden states of each sequence -> (B, H); `unpad`: encode real tokens only."""
-    hidden_BLH, _ = last_hidden_state(encoder, input_ids_BL, attention_mask_BL, unpad)
+    hidden_BLH = last_hidden_state(encoder, input_ids_BL, attention_mask_BL, unpad).hidden_BLH
     is_cls_BL = ((input_ids_BL == cls_id) & attention_mask_BL.bool()).to(hidden_BLH.dtype)
     mean_BH = (hidden_BLH * is_cls_BL.unsqueeze(-1)).sum(1) / is_cls_BL.sum(1, keepdim=True)
     return F.normalize(mean_BH, dim=-1) if normalize else mean_BH

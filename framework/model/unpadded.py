@@ -31,6 +31,7 @@ N attention heads; D head size.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -100,11 +101,23 @@ def layer_forward(layer: nn.Module, hidden_TH: torch.Tensor, plan) -> torch.Tens
     return layer.output(layer.intermediate(attended_TH), attended_TH)
 
 
+class HiddenStates(NamedTuple):
+    """The encoder's last hidden states in HF's padded layout, and the positions it computed on."""
+
+    hidden_BLH: torch.Tensor
+    """Zero at padding when unpadded."""
+    computed_positions: int | None
+    """Positions of the token-wise layers (the real tokens); None: the padded forward ran."""
+    attention_positions: int | None
+    """Query positions of attention's calls (PackedStates.attention_positions); None: the padded forward."""
+
+
 def last_hidden_state(encoder: nn.Module, ids_BL: torch.Tensor, mask_BL: torch.Tensor, unpad: bool = True,
-                      attention: str = "auto") -> tuple[torch.Tensor, int | None]:
-    """(hidden_BLH, computed positions) of the encoder, unpadded when `unpad` and supported (zero at
-    padding then; None positions = the padded forward). For callers that want HF's padded layout."""
+                      attention: str = "auto") -> HiddenStates:
+    """The encoder's hidden states, unpadded when `unpad` and supported. For callers that want HF's padded
+    layout (RetroMAE, MCLS)."""
     if not unpad or ids_BL.shape[0] == 0 or unpad_support(encoder) is not None:
-        return encoder(input_ids=ids_BL, attention_mask=mask_BL, return_dict=True).last_hidden_state, None
+        hidden_BLH = encoder(input_ids=ids_BL, attention_mask=mask_BL, return_dict=True).last_hidden_state
+        return HiddenStates(hidden_BLH, None, None)
     states = encode_packed(encoder, ids_BL, mask_BL, attention)
-    return states.packing.pad(states.hidden_TH), states.packing.num_tokens
+    return HiddenStates(states.packing.pad(states.hidden_TH), states.packing.num_tokens, states.attention_positions)

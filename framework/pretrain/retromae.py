@@ -46,6 +46,8 @@ class RetroMAEObjective(nn.Module):
         self.unpad = unpad  # the encoder pass on real tokens only (framework/model/unpadded.py)
         self.last_computed_positions: int | None = None
         """Positions the encoder's token-wise layers ran on in the last forward (None: every padded one)."""
+        self.last_attention_positions: int | None = None
+        """Query positions of the encoder's attention calls in the last forward (None: every padded one)."""
         config = encoder.config
         capacity = max_tokens(config)  # also refuses encoders without a known learned position table
         if cfg.max_length > capacity:
@@ -93,8 +95,10 @@ class RetroMAEObjective(nn.Module):
         chosen_BL = choose_encoder_tokens(ordinary_BL, cfg.encoder_mask_ratio, generator)
         corrupted_BL, _ = corrupt(input_ids_BL, chosen_BL, self.tokens, self.vocab_size, cfg.replace_with_mask,
                                   cfg.replace_with_random, generator)
-        hidden_BLH, self.last_computed_positions = last_hidden_state(self.encoder, corrupted_BL, attention_mask_BL,
-                                                                     self.unpad)
+        encoded = last_hidden_state(self.encoder, corrupted_BL, attention_mask_BL, self.unpad)
+        hidden_BLH = encoded.hidden_BLH
+        self.last_computed_positions, self.last_attention_positions = encoded.computed_positions, \
+            encoded.attention_positions
         words_VH = self.encoder.embeddings.word_embeddings.weight
         # Logits only at predicted positions: a (B*L, V) tensor for V = 250k would dwarf the model.
         encoder_loss = _lm_loss(self.encoder_mlm_head(hidden_BLH[chosen_BL], words_VH), input_ids_BL[chosen_BL])

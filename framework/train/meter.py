@@ -2,10 +2,12 @@
 
 Loss terms and the objective's reported metrics (sparse-head health) are averaged over the micro-batches
 of a logging window and then over ranks (read from the device in one transfer); token and sample counts
-are summed over ranks, so tokens/s is the whole job's throughput. Padding efficiency is
-real tokens / token positions the encoder computed on: the objective's report when it has one (unpadded
-encoding), else the batch's padded size. Skipped optimizer steps (framework/train/steps.py) are counted
-by reason, with the samples they held; the records each stream counted (bad ones, truncated...) are kept
+are summed over ranks, so tokens/s is the whole job's throughput. Padding efficiency is real tokens /
+token positions the encoder's token-wise layers computed on: the objective's report when it has one
+(unpadded encoding), else the batch's padded size; attention efficiency is real tokens / the query
+positions of the encoder's attention calls (unpadded: its length groups' padded layout, which stays
+padded where attention needs it). Skipped optimizer steps (framework/train/steps.py) are counted by
+reason, with the samples they held; the records each stream counted (bad ones, truncated...) are kept
 per window too, so the console can say what was lost at the log step where it happened.
 """
 from __future__ import annotations
@@ -50,7 +52,7 @@ class Meter:
         self.terms: dict = defaultdict(float)
         self.counts: Counter = Counter()
         self.micro = 0
-        self.samples = self.tokens = self.positions = 0
+        self.samples = self.tokens = self.positions = self.attention_positions = 0
         self.skipped: Counter = Counter()
         self.skipped_samples = 0
         self.window_records: Counter = Counter()
@@ -70,6 +72,8 @@ class Meter:
         self.samples += batch.num_samples
         self.tokens += batch.num_tokens
         self.positions += batch.num_padded_tokens if report.computed_positions is None else report.computed_positions
+        self.attention_positions += (batch.num_padded_tokens if report.attention_positions is None
+                                     else report.attention_positions)
         self.bucket = batch.bucket
         self._count(batch)
 
@@ -96,6 +100,7 @@ class Meter:
         elapsed = max(time.monotonic() - self.start, 1e-9)
         means = all_reduce_mean(self._means())
         sums = all_reduce_sum({"samples": self.samples, "tokens": self.tokens, "positions": self.positions,
+                               "attention_positions": self.attention_positions,
                                "skipped_samples": self.skipped_samples})
         # Ranks meet different kinds of bad records, so the counters go as objects, not a fixed tensor.
         both = all_gather_object((dict(self.records), dict(self.window_records)))
@@ -105,6 +110,7 @@ class Meter:
         metrics["samples_per_s"] = sums["samples"] / elapsed
         metrics["tokens_per_s"] = sums["tokens"] / elapsed
         metrics["padding_efficiency"] = sums["tokens"] / max(sums["positions"], 1)
+        metrics["attention_efficiency"] = sums["tokens"] / max(sums["attention_positions"], 1)
         metrics["skipped_steps"] = float(sum(self.skipped.values()))
         metrics["skipped_samples"] = sums["skipped_samples"]
         metrics["bucket"] = self.bucket

@@ -57,6 +57,9 @@ class ForwardReport(NamedTuple):
     metrics: Mapping[str, torch.Tensor] = MappingProxyType({})
     """Detached 0-dim device tensors (sparse-head health...), averaged over a logging window and read at
     the log step like the loss terms; never read per micro-batch."""
+    attention_positions: int | None = None
+    """Query positions of the encoder's attention calls (M3Output.attention_positions, summed); None:
+    every padded position of the batch (a host value)."""
 
 
 class ObjectiveOutput(NamedTuple):
@@ -68,12 +71,13 @@ class ObjectiveOutput(NamedTuple):
     report: ForwardReport
 
 
-def computed_positions(*outputs: M3Output) -> int | None:
-    """Positions the encoder computed on for these outputs (None when none reports it: all padded)."""
-    if all(out.computed_positions is None for out in outputs):
+def computed_positions(*outputs: M3Output, field: str = "computed_positions") -> int | None:
+    """Positions the encoder computed on for these outputs (None when none reports it: all padded);
+    field="attention_positions": those of attention's calls."""
+    values = [getattr(out, field) for out in outputs]
+    if all(value is None for value in values):
         return None
-    return sum(out.token_ids_BL.numel() if out.computed_positions is None else out.computed_positions
-               for out in outputs)
+    return sum(out.token_ids_BL.numel() if value is None else value for out, value in zip(outputs, values))
 
 
 def head_scores(q: M3Output, p: M3Output, cfg: LossConfig) -> HeadScores:
@@ -136,7 +140,8 @@ class M3Objective(nn.Module):
         if cfg.use_sparse:
             terms, health = self._sparse_health(q, p, cols.valid_P, terms, step)
             metrics.update(health)
-        return ObjectiveOutput(terms, ForwardReport(computed_positions(q, p), MappingProxyType(metrics)))
+        return ObjectiveOutput(terms, ForwardReport(computed_positions(q, p), MappingProxyType(metrics),
+                                                    computed_positions(q, p, field="attention_positions")))
 
     def _sparse_health(self, q: M3Output, p: M3Output, valid_P, terms: dict, step: int) -> tuple[dict, dict]:
         """The lexical vectors' health metrics, and flops_loss added to the total when it is on."""

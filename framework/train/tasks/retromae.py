@@ -56,7 +56,8 @@ class RetroMAETask(StageTask):
     def forward(self, engine, batch: TextBatch, step: int) -> ObjectiveOutput:
         terms = engine(input_ids_BL=batch.ids_BL, attention_mask_BL=batch.mask_BL, step=step)
         # The objective returns loss terms only (framework/pretrain does not import the trainer's types).
-        return ObjectiveOutput(terms, ForwardReport(self.objective.last_computed_positions))
+        return ObjectiveOutput(terms, ForwardReport(self.objective.last_computed_positions,
+                                                    attention_positions=self.objective.last_attention_positions))
 
     def export(self, out_dir: Path) -> Path:
         state = full_state_dict(self.objective)
