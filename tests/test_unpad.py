@@ -25,6 +25,7 @@ from framework.model.attention import GROUP_MIN_CUT, GROUP_RATIO, group_bounds, 
 from framework.model.packing import Packing
 from framework.pretrain import RetroMAEConfig, RetroMAEObjective
 from framework.train.objective import M3Objective
+from framework.train.split_batch import encode as split_encode
 
 # Lengths from 3 to ~100 tokens, so that the grouped kernel forms several groups and rows tie in length.
 TEXTS = ["Ein langer Absatz: " + "der Fuchs läuft durch den Wald, über die Wiese und zurück zum Bau; " * 2,
@@ -170,6 +171,21 @@ def test_m3_objective_with_split_batch_equals_the_padded_objective(model_dir):
     real = int(q_mask.sum() + p_mask.sum())
     assert positions[0] == (None, None) and positions[1][0] == real
     assert real <= positions[1][1] < q_mask.numel() + p_mask.numel()
+
+
+def test_split_batch_outputs_and_gradients_equal_the_padded_forward(model_dir):
+    """Split-batch's checkpointed sub-batches, each unpadded, against one padded forward of the batch."""
+    model, tok = load(model_dir)
+    ids_BL, mask_BL = batch(tok, TEXTS, extra=5)
+    padded = model.forward_padded(ids_BL, mask_BL)
+    head_loss(padded).backward()
+    padded_grads = grads(model)
+    split = split_encode(model, ids_BL, mask_BL, sub_batch=4)  # 9 rows: sub-batches of 4, 4 and 1
+    head_loss(split).backward()
+    for name in ("dense_BD", "sparse_BL", "colbert_BLC", "colbert_mask_BL"):
+        torch.testing.assert_close(getattr(split, name), getattr(padded, name), rtol=0, atol=1e-5, msg=name)
+    assert split.computed_positions == int(mask_BL.sum())
+    assert_grads_close(padded_grads, grads(model))
 
 
 def test_gradient_checkpointing_recomputes_each_layer_with_equal_gradients(model_dir):
