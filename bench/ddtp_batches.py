@@ -17,7 +17,8 @@ from pathlib import Path
 
 from framework.data.batch import Batch
 from framework.data.manifest import load_manifest
-from framework.data.stream import PairStream, StreamConfig
+from framework.data.config import StreamConfig
+from framework.data.stream import PairStream
 from framework.demo import CONFIG, E5_OVERRIDES, prepare_shards, starting_point
 from framework.train.batching import plan_batches
 from framework.train.config import RunConfig, StageConfig, load_run_config
@@ -63,8 +64,5 @@ def stage_batches(stage_cfg: StageConfig, tokenizer, rank: int = 0, seed: int = 
     """One epoch of the batches rank `rank` trains on in this stage (the trainer's plan and stream)."""
     data = stage_cfg.data
     plan = plan_batches(stage_cfg, world_size, load_manifest(data.manifest).length_edges)
-    cfg = StreamConfig(batch_sizes=plan.micro_per_rank, group_size=data.group_size, seed=seed, num_workers=0,
-                       mix_sources=data.mix_sources, source_weights=dict(data.source_weights),
-                       query_max_length=data.query_max_length, passage_max_length=data.passage_max_length,
-                       shuffle_window=data.shuffle_window, sources=tuple(data.sources))
+    cfg = StreamConfig(dataclasses.replace(data, num_workers=0), batch_sizes=plan.micro_per_rank, seed=seed)
     yield from PairStream.from_manifest(data.manifest, cfg, tokenizer, rank, world_size)
