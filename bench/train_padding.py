@@ -120,7 +120,7 @@ def report(results: list[tuple[str, dict]], stages: list[str]) -> None:
         row += [f"{median(l, stage, 'attention_efficiency'):.3f}" for l in "AB"]
         for metric in ("samples_per_s", "tokens_per_s"):
             a, b = median("A", stage, metric), median("B", stage, metric)
-            row += [f"{a:,.1f}", f"{b:,.1f}", f"{b / a:.2f}"]
+            row += [f"{a:,.2f}", f"{b:,.2f}", f"{b / a:.2f}"]
         print(f"| {stage} | " + " | ".join(row) + " |")
     runs = {letter: len(v) for letter, v in arms.items()}
     print(f"(medians over {runs['A']} padded and {runs['B']} unpadded runs)")
