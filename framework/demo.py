@@ -148,7 +148,9 @@ def evaluate_final(run_dir: Path, export: Path, mlflow_uri: str, max_queries: in
 def evaluate_start(model_dir: Path, run_dir: Path, max_queries: int | None, max_corpus: int | None) -> dict:
     """The start's dense head (CLS, as M3 reads it) on the demo's test queries -> run_dir/results-start.json."""
     from framework.evaluate import BenchmarkConfig, EvalConfig, evaluate
+    from framework.logs import expect_fresh_heads
 
+    expect_fresh_heads()  # only the start's dense head is read: its random sparse/colbert heads are expected
     config = EvalConfig(benchmark=BenchmarkConfig(max_queries=max_queries, max_corpus=max_corpus), modes=("dense",),
                         progress=False)
     return evaluate(model_dir, "ddtp", config, out=run_dir / "results-start.json")
