@@ -45,6 +45,8 @@ import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
+from bench.proc_memory import reset_peak, status_kib
+
 REPO = Path(__file__).resolve().parents[1]
 
 MIB, GIB = 2 ** 20, 2 ** 30
@@ -57,35 +59,20 @@ MALLOC_RETURN_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024), "MALLOC_TRIM_THR
 
 # ----------------------------------------------------------------------------------------- worker side
 
-def _status_bytes(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 class RSSPhases:
     """Resident set after each phase and its peak within it."""
 
     def __init__(self):
         self.rows: list[dict] = []
-        self.exact = _reset_peak()
+        self.exact = reset_peak()
         """False where the kernel refuses to reset VmHWM: each peak is then the peak so far."""
 
     @contextmanager
     def phase(self, name: str):
-        _reset_peak()
+        reset_peak()
         start = time.perf_counter()
         yield
-        self.rows.append({"phase": name, "rss": _status_bytes("VmRSS"), "peak": _status_bytes("VmHWM"),
+        self.rows.append({"phase": name, "rss": status_kib("VmRSS") * 1024, "peak": status_kib("VmHWM") * 1024,
                           "seconds": round(time.perf_counter() - start, 2)})
 
 
@@ -194,13 +181,13 @@ def curriculum_worker(spec: dict) -> None:
 
     def measured_run(self):  # instrumentation only: the stage runs exactly as in training
         gc.collect()
-        _reset_peak()
-        row = {"stage": self.stage.name, "rss_start": _status_bytes("VmRSS"),
+        reset_peak()
+        row = {"stage": self.stage.name, "rss_start": status_kib("VmRSS") * 1024,
                "earlier_engines_alive": sum(ref() is not None for ref in engines)}
         try:
             return original(self)
         finally:
-            row.update(peak=_status_bytes("VmHWM"), rss_end=_status_bytes("VmRSS"),
+            row.update(peak=status_kib("VmHWM") * 1024, rss_end=status_kib("VmRSS") * 1024,
                        buckets={k: v for k, v in self.ds_config["zero_optimization"].items() if k in BUCKET_KEYS})
             rows.append(row)
             engines.append(weakref.ref(self.engine))

@@ -14,7 +14,7 @@ peak-RSS counter (writing 5 to /proc/self/clear_refs) and reports VmHWM - VmRSS,
 extra resident memory at the peak of forward + backward. Where clear_refs is unavailable it falls
 back to ru_maxrss minus the RSS before the run (an upper bound if the input set-up peaked higher).
 
-Run: python bench/sparse_score_memory.py            (about a minute on 2 cores, needs ~8 GB RAM)
+Run: python -m bench.sparse_score_memory            (about a minute on 2 cores, needs ~8 GB RAM)
 
 Shape legend: Q queries, P passages, B = Q + P texts, L tokens per text, V vocabulary, U compact vocab.
 """
@@ -29,24 +29,11 @@ import sys
 import time
 from pathlib import Path
 
+from bench.proc_memory import reset_peak, status_kib
+
 CLS_ID, EOS_ID, FIRST_ID = 0, 2, 4
 # (queries, passages, length) for the naive path: B*L from 144 to 1152 tokens, varying B and L.
 NAIVE_POINTS = ((1, 8, 16), (1, 8, 32), (2, 16, 16), (1, 8, 64), (2, 16, 32), (4, 32, 32))
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 def _zipf_ids(torch, num_texts: int, length: int, vocab: int, exponent: float, gen):
@@ -138,12 +125,12 @@ def _worker(args) -> dict:
     num_u = torch.unique(ids[0]).numel()
     num_u_all = torch.unique(torch.cat([ids[0].flatten(), ids[1].flatten()])).numel()
     _run(args.worker, [w[:1, :8] for w in weights], [i[:1, :8] for i in ids], args.vocab)
-    exact = _reset_peak()
-    rss_before = _status_kib("VmRSS")
+    exact = reset_peak()
+    rss_before = status_kib("VmRSS")
     start = time.perf_counter()
     score_sum = _run(args.worker, weights, ids, args.vocab)
     seconds = time.perf_counter() - start
-    peak_kib = _status_kib("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_kib = status_kib("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for w in weights:
         w.grad = None
     live_peak = _live_tensor_peak(lambda: _run(args.worker, weights, ids, args.vocab))

@@ -1,6 +1,6 @@
 """Largest batch of long sequences in a fixed activation-memory budget: split-batch and its alternatives.
 
-    python bench/split_batch_memory.py [--length 4096 --hidden 768 --layers 2 --budget-gib G --heads all]
+    python -m bench.split_batch_memory [--length 4096 --hidden 768 --layers 2 --budget-gib G --heads all]
 
 Methods (one training step each: B queries x --query-length tokens and B passages x --length tokens,
 group size 1, the M3 loss of framework.loss with all heads, ensemble and self-distillation, one backward):
@@ -84,6 +84,8 @@ import time
 import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from bench.proc_memory import reset_peak, status_kib
 
 REPO = Path(__file__).resolve().parents[1]
 MIB, GIB = 2 ** 20, 2 ** 30
@@ -290,21 +292,6 @@ def gradcache_step(model, loss_cfg, batch, sub_batch: int) -> None:
             start = end
 
 
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def _step_worker(args) -> dict:
     """One measured step of method args.worker at batch args.batch, in this fresh process."""
     import resource
@@ -323,13 +310,13 @@ def _step_worker(args) -> dict:
     batch = _make_batch(args.batch, args.query_length, args.length, args.vocab, args.seed)
     tracker = LiveTensorBytes()
     hooks = PhaseHooks(model, tracker, 2 * math.ceil(args.batch / (sub_batch or args.batch)), args.length)
-    exact = _reset_peak_rss()
-    rss_before = _status_kib("VmRSS")
+    exact = reset_peak()
+    rss_before = status_kib("VmRSS")
     wall, cpu = time.perf_counter(), time.process_time()
     with tracker.mode:
         step(model, loss_cfg, batch, sub_batch)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    rss_peak = _status_kib("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_peak = status_kib("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     hooks.remove()
     growth = None if hooks.stack_after is None else hooks.stack_after - hooks.stack_before
     return {"live": tracker.peak, "rss": (rss_peak - rss_before) * 1024, "exact_rss_reset": exact,
