@@ -40,7 +40,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         embedder = M3Embedder.from_pretrained(args.model or tiny_model(Path(tmp)), device="cpu")
         # The first forward pass pays one-off setup (kernels, allocator); keep it out of the figures.
-        embedder.encode(["warm-up text"] * args.batch_size, multi_vector=True, progress=False)
+        embedder.encode(["warm-up text"] * args.batch_size, colbert=True, progress=False)
         config = EvalConfig(batch_size=args.batch_size, progress=False, mcls=args.mcls, benchmark=BenchmarkConfig(
             tasks=tuple(t for t in args.tasks.split(",") if t), max_queries=args.max_queries))
         results = evaluate(embedder, args.benchmark, config)

@@ -41,7 +41,7 @@ from framework.starting import build_model, train_tokenizer
 
 DDTP_TRAIN = ddtp_dir() / "train"
 FULL_TRAIN = Path("/work/data/ddtp-full/train")
-MODES = ("dense", "sparse", "multivec", "all")
+MODES = ("dense", "sparse", "colbert", "all")
 RANK_RANGE = (3, 50)  # DDTP's own build (tools/ddtp): 7 negatives from BM25 ranks [3, 50)
 NUM_NEG = 7
 

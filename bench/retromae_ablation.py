@@ -52,9 +52,9 @@ DDTP_TRAIN = ddtp_dir() / "train"
 SAMPLE = text_sample()
 DEMO_CONFIG = demo_config()
 FINETUNE_STAGES = ("warmup", "unified")
-MODES = ("dense", "sparse", "multivec", "all")
+MODES = ("dense", "sparse", "colbert", "all")
 METRICS = {"ndcg_at_10": "nDCG@10", "recall_at_100": "R@100"}
-MODE_LABELS = {"dense": "Dense", "sparse": "Sparse", "multivec": "Multi-vec", "all": "All", "bm25": "BM25"}
+MODE_LABELS = {"dense": "Dense", "sparse": "Sparse", "colbert": "Multi-vec", "all": "All", "bm25": "BM25"}
 MAX_LENGTH = 256
 # A random tiny encoder needs a far higher rate than the paper's 7e-5 for XLM-R large: at 2e-3 both RetroMAE
 # losses fall from ln(vocab) ~ 9.0 to ~8.2 in 30 steps, at 5e-4 they hardly move.

@@ -36,7 +36,7 @@ def test_export_has_the_bge_m3_files(exported):
 def test_flagembedding_loads_our_export_with_equal_outputs(exported):
     from FlagEmbedding import BGEM3FlagModel
 
-    ours = M3Embedder.from_pretrained(exported).encode(TEXTS, dense=True, sparse=True, multi_vector=True,
+    ours = M3Embedder.from_pretrained(exported).encode(TEXTS, dense=True, sparse=True, colbert=True,
                                                        batch_size=2)
     ref = BGEM3FlagModel(str(exported), use_fp16=False, devices="cpu").encode(
         TEXTS, batch_size=2, return_dense=True, return_sparse=True, return_colbert_vecs=True)
@@ -62,10 +62,10 @@ def test_compute_score_matches_flagembedding(exported):
 
 
 def test_round_trip_keeps_outputs(exported, tmp_path):
-    first = M3Embedder.from_pretrained(exported).encode(TEXTS, multi_vector=True)
+    first = M3Embedder.from_pretrained(exported).encode(TEXTS, colbert=True)
     model, tok = load_m3(exported)
     save_m3(model, tok, tmp_path)
-    second = M3Embedder.from_pretrained(tmp_path).encode(TEXTS, multi_vector=True)
+    second = M3Embedder.from_pretrained(tmp_path).encode(TEXTS, colbert=True)
     np.testing.assert_array_equal(first["dense_vecs"], second["dense_vecs"])
     assert first["lexical_weights"] == second["lexical_weights"]
 
@@ -112,8 +112,8 @@ def test_real_bge_m3_layout_loads(exported, tmp_path):
     (real / "1_Pooling").mkdir()
     (real / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": true}')
     (real / "modules.json").write_text("[]")
-    loaded = M3Embedder.from_pretrained(real).encode(TEXTS, multi_vector=True)
-    original = M3Embedder.from_pretrained(exported).encode(TEXTS, multi_vector=True)
+    loaded = M3Embedder.from_pretrained(real).encode(TEXTS, colbert=True)
+    original = M3Embedder.from_pretrained(exported).encode(TEXTS, colbert=True)
     np.testing.assert_allclose(loaded["dense_vecs"], original["dense_vecs"], atol=1e-6)
     for a, b in zip(loaded["colbert_vecs"], original["colbert_vecs"]):
         np.testing.assert_allclose(a, b, atol=1e-6)

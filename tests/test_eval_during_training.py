@@ -176,7 +176,7 @@ def test_live_evaluation_equals_the_export_and_leaves_training_state_alone(tiny_
     assert model.training and all(m.training for m in model.modules())
     assert torch.equal(before[0], torch.get_rng_state()) and (before[1] == np.random.get_state()[1]).all()
     assert before[2] == random.getstate()
-    assert "bm25" not in results["modes"] and set(results["modes"]) == {"dense", "sparse", "multivec",
+    assert "bm25" not in results["modes"] and set(results["modes"]) == {"dense", "sparse", "colbert",
                                                                            "dense_sparse", "all"}
     export = save_m3(model, tokenizer, tmp_path / "export")
     again = evaluate(export, "ddtp-dev", live.cfg)
@@ -226,7 +226,7 @@ def test_two_ranks_zero3_keep_the_best_logged_evaluation_and_train_as_without(tm
     assert [(e["step"], e["score"]) for e in record["history"]] == sorted(logged.items())
     assert best_step != 8, f"the metric rose to the last evaluation {logged}: best and last cannot be told apart"
     best_dir = run_dir / "exports" / "warmup.best"
-    cfg = EvalConfig(modes=("dense", "sparse", "multivec", "dense_sparse", "all"),
+    cfg = EvalConfig(modes=("dense", "sparse", "colbert", "dense_sparse", "all"),
                      benchmark=BenchmarkConfig(tasks=tuple(SLICE["tasks"]), max_queries=8), progress=False)
     again = evaluate(best_dir, "ddtp-dev", cfg)
     assert again["overall"]["all"]["ndcg_at_10"] == pytest.approx(record["score"], abs=1e-6)

@@ -18,7 +18,7 @@ from framework.evaluate import (Benchmark, BenchmarkConfig, EvalConfig, HybridCo
 from framework.evaluate import cli
 from framework.evaluate.benchmark import limit_task
 from framework.evaluate.encode import Shard, encode_texts, merge_shards
-from framework.evaluate.hybrid import candidate_union, colbert_score_matrix, colbert_scores, rescore
+from framework.evaluate.hybrid import candidate_union, colbert_candidate_scores, colbert_score_matrix, rescore
 from framework.evaluate.metrics import evaluate_ranking, per_query_metrics, run_from_ranking
 from framework.evaluate.pipeline import attach_colbert, encode_benchmark, resolve_modes, task_inputs
 from framework.evaluate.search import TaskSearch
@@ -118,7 +118,7 @@ def test_colbert_scores_equal_pairwise_definition() -> None:
     docs = [rng.standard_normal((int(n), 8)).astype(np.float32) for n in (1, 7, 3, 12)]
     expected_QN = np.array([[colbert_score(q, d) for d in docs] for q in queries])
     for q, query_LE in enumerate(queries):
-        np.testing.assert_allclose(colbert_scores(query_LE, docs), expected_QN[q], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(colbert_candidate_scores(query_LE, docs), expected_QN[q], rtol=1e-5, atol=1e-6)
     # A block of 23 similarities holds one or two queries at a time: the block seams are covered.
     for max_block in (23, 1 << 20):
         np.testing.assert_allclose(colbert_score_matrix(queries, docs, max_block=max_block), expected_QN,
@@ -148,12 +148,12 @@ def test_hybrid_union_and_rescoring() -> None:
 
 
 def brute_force_scores(embedder: M3Embedder, task: Task, config: EvalConfig) -> dict[str, np.ndarray]:
-    q = embedder.encode(task.query_texts, multi_vector=True, max_length=config.query_max_length, progress=False)
-    p = embedder.encode(task.corpus_texts, multi_vector=True, progress=False)
+    q = embedder.encode(task.query_texts, colbert=True, max_length=config.query_max_length, progress=False)
+    p = embedder.encode(task.corpus_texts, colbert=True, progress=False)
     dense = q["dense_vecs"] @ p["dense_vecs"].T
     sparse = np.array([[lexical_match_score(a, b) for b in p["lexical_weights"]] for a in q["lexical_weights"]])
     multi = np.array([[colbert_score(a, b) for b in p["colbert_vecs"]] for a in q["colbert_vecs"]])
-    return {"dense": dense, "sparse": sparse, "multivec": multi, "dense_sparse": dense + 0.3 * sparse,
+    return {"dense": dense, "sparse": sparse, "colbert": multi, "dense_sparse": dense + 0.3 * sparse,
             "all": dense + 0.3 * sparse + multi, "hybrid_0.2_0.5_0.3": 0.2 * dense + 0.5 * sparse + 0.3 * multi}
 
 
@@ -184,15 +184,15 @@ def test_every_mode_equals_brute_force(embedder: M3Embedder, colbert_memory_gb: 
             np.testing.assert_allclose(scores_N[got], expected_K, atol=2e-5, err_msg=f"mode {mode}, query {row}")
 
 
-def test_multivec_reranks_only_the_dense_top_n(embedder: M3Embedder) -> None:
+def test_colbert_mode_reranks_only_the_dense_top_n(embedder: M3Embedder) -> None:
     # A rerank depth of 2 in 14 documents: each query's candidates differ (the per-query scoring path).
     task = known_answer_task()
-    config = EvalConfig(modes=("dense", "multivec"), k=2, candidates=2, rerank_depth=2, progress=False)
+    config = EvalConfig(modes=("dense", "colbert"), k=2, candidates=2, rerank_depth=2, progress=False)
     search = task_search(embedder, task, config)
-    multi_QN = brute_force_scores(embedder, task, config)["multivec"]
+    multi_QN = brute_force_scores(embedder, task, config)["colbert"]
     for row, dense_top in enumerate(search.dense()[1][:, :2]):
         expected = sorted(dense_top.tolist(), key=lambda d: -multi_QN[row, d])
-        np.testing.assert_allclose(multi_QN[row, search.ranking("multivec")[row]], multi_QN[row, expected],
+        np.testing.assert_allclose(multi_QN[row, search.ranking("colbert")[row]], multi_QN[row, expected],
                                    atol=2e-5)
 
 
@@ -201,8 +201,8 @@ def test_known_answers_end_to_end(embedder: M3Embedder) -> None:
     # and multi-vector search, so those modes are perfect even with random weights.
     results = evaluate(embedder, Benchmark("known", "test", [known_answer_task()]),
                        EvalConfig(k=10, candidates=10, rerank_depth=10, progress=False))
-    assert results["modes"] == ["dense", "sparse", "multivec", "dense_sparse", "all", "bm25"]
-    for mode in ("dense", "multivec", "bm25"):
+    assert results["modes"] == ["dense", "sparse", "colbert", "dense_sparse", "all", "bm25"]
+    for mode in ("dense", "colbert", "bm25"):
         assert results["overall"][mode]["ndcg_at_10"] == pytest.approx(1.0), mode
         assert results["overall"][mode]["mrr_at_10"] == pytest.approx(1.0), mode
     assert results["metrics"]["sample_dense_ndcg_at_10"] == pytest.approx(1.0)
@@ -234,7 +234,7 @@ def test_mcls_mode(embedder: M3Embedder) -> None:
 
 def test_sharded_encoding_equals_single_process(embedder: M3Embedder) -> None:
     texts = SAMPLE_LINES[:7]
-    options = dict(dense=True, sparse=True, multi_vector=True, progress=False)
+    options = dict(dense=True, sparse=True, colbert=True, progress=False)
     parts = [embedder.encode(texts[rank::2], **options) for rank in range(2)]
     merged = encode_texts(embedder, texts, Shard(0, 2, all_gather=lambda part: [part, parts[1]]), **options)
     single = embedder.encode(texts, **options)
@@ -247,8 +247,17 @@ def test_modes_need_their_heads(tiny_model_dir: Path) -> None:
     model, tokenizer = load_m3(tiny_model_dir, ModelConfig(path=str(tiny_model_dir), colbert=False))
     assert resolve_modes(EvalConfig(), model.cfg, HybridConfig().weights()) == \
         ["dense", "sparse", "dense_sparse", "bm25"]
-    with pytest.raises(ValueError, match="mode 'multivec' needs the colbert head"):
-        resolve_modes(EvalConfig(modes=("multivec",)), model.cfg, HybridConfig().weights())
+    with pytest.raises(ValueError, match="mode 'colbert' needs the colbert head"):
+        resolve_modes(EvalConfig(modes=("colbert",)), model.cfg, HybridConfig().weights())
+
+
+def test_multi_vector_mode_spellings_name_colbert() -> None:
+    config = EvalConfig(modes=("dense", "multivec", "multi_vector"), every_steps=5, benchmark_name="ddtp-dev",
+                        best_metric="multivec.ndcg@10")
+    assert config.modes == ("dense", "colbert", "colbert")
+    assert config.best_key() == ("colbert", "ndcg_at_10")
+    with pytest.raises(ValueError, match="unknown mode"):
+        EvalConfig(modes=("multi_vec",))
 
 
 def test_config_errors() -> None:
@@ -465,7 +474,7 @@ def test_cli_end_to_end_on_ddtp_slice(tiny_model_dir: Path, tmp_path: Path, monk
     printed = capsys.readouterr().out
     assert "Dense+Sparse" in printed and "avg cross-lingual" in printed and "wrote" in printed
     results = json.loads(out.read_text(encoding="utf-8"))
-    assert results["modes"] == ["dense", "sparse", "multivec", "dense_sparse", "all", "bm25", "dense_mcls",
+    assert results["modes"] == ["dense", "sparse", "colbert", "dense_sparse", "all", "bm25", "dense_mcls",
                                 "hybrid_0.4_0.4_0.2"]
     assert results["tasks"]["de-en"] == {"group": "cross-lingual", "queries": 6, "corpus": 15, "qrels": 6,
                                          "dropped_queries": 0}

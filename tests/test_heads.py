@@ -191,7 +191,7 @@ def test_matryoshka_over_ranks_equals_the_concatenated_batch():
             rows = slice(rank * num_q, (rank + 1) * num_q)
             q_part = q_RD[rows] if local_rows else q_RD
             # row_weight Q x W / R is 1 when every rank holds Q queries.
-            vectors = GatheredDense(q_part, p_SD, None, rank * num_q, local_rows=local_rows)
+            vectors = GatheredDense(p_SD, rank * num_q, **({"q_QD": q_part} if local_rows else {"q_RD": q_part}))
             views = {d: DenseAtDim(dense_global=vectors.scores(d)) for d in dims}
             local = HeadScores(dense=q_RD[rows] @ p_SD[rank * num_q * group:(rank + 1) * num_q * group].T)
             per_rank.append(m3_loss(local, group, 0, cfg, dense_global=vectors.scores(), dense_dims=views))

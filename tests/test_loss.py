@@ -262,7 +262,7 @@ def _input_errors():
         (lambda: m3_loss(HeadScores(), 2, 0, LossConfig.preset(kd_loss_type="m3_kd_loss", use_sparse=False,
                                                                use_colbert=False),
                          teacher_scores_QG=TEACHER,
-                         dense_global=GlobalDense(_global_case().scores_RS, 2)), "teacher_scores_RG"),
+                         dense_global=GlobalDense(_global_case().scores_RS, row_offset=2)), "teacher_scores_RG"),
     ]
 
 
@@ -416,3 +416,12 @@ def test_end_to_end_cross_device_equals_flagembedding(kd_loss_type):
     for got, want in zip(_grads(modules), ref_grads):
         torch.testing.assert_close(got, want)
     assert torch.allclose(dense, glob.scores_RS[2:, 6:])  # the block m3_loss sliced for the ensemble
+
+
+def test_global_dense_takes_exactly_one_row_layout() -> None:
+    scores = torch.zeros(2, 4)
+    assert GlobalDense(scores_QS=scores, row_offset=0).local_rows
+    assert not GlobalDense(scores_RS=scores, row_offset=0).local_rows
+    for rows in ({}, {"scores_RS": scores, "scores_QS": scores}):
+        with pytest.raises(ValueError, match="exactly one of scores_RS"):
+            GlobalDense(**rows, row_offset=0)

@@ -210,7 +210,7 @@ def _check_dense(rank_: int) -> None:
     q_local = F.normalize(model(q_in_QI[rows]), dim=-1)
     p = gather_with_grad(F.normalize(model(p_in_PI[cols]), dim=-1), reduce_grad=True)
     weight = q_local.shape[0] * WORLD / sum(QUERIES_PER_RANK)
-    dense = GlobalDense(scores_RS=q_local @ p.tensor.T, row_offset=first, local_rows=True, row_weight=weight)
+    dense = GlobalDense(scores_QS=q_local @ p.tensor.T, row_offset=first, row_weight=weight)
     m3_loss(HeadScores(), GROUP, 0, cfg, dense_global=dense)["loss"].backward()
     for got, want in zip(_engine_grads(model), expected):
         torch.testing.assert_close(got, want, **TOL)

@@ -517,8 +517,8 @@ def _check_exports(zero0_dir: Path, zero3_dir: Path) -> None:
     from framework.inference import M3Embedder
 
     texts = ["Debian package manager", "Paketverwaltung für Debian", "x"]
-    ours0 = M3Embedder.from_pretrained(zero0_dir).encode(texts, multi_vector=True)
-    ours3 = M3Embedder.from_pretrained(zero3_dir).encode(texts, multi_vector=True)
+    ours0 = M3Embedder.from_pretrained(zero0_dir).encode(texts, colbert=True)
+    ours3 = M3Embedder.from_pretrained(zero3_dir).encode(texts, colbert=True)
     flag = BGEM3FlagModel(str(zero3_dir), use_fp16=False, devices="cpu").encode(
         texts, return_dense=True, return_sparse=True, return_colbert_vecs=True)
     # Six AdamW steps after gradients reduced in another order (ZeRO-3 vs plain data parallel): float drift.

@@ -21,7 +21,7 @@ from framework.evaluate.benchmark import Benchmark, load_benchmark
 from .data import HELD_OUT, Prefixes, is_held_out
 
 GROUPS = ("all", "mono-seen", "cross-seen", "mono-held", "cross-held")
-M3_MODES = ("dense", "sparse", "multivec", "dense_sparse", "all", "bm25")
+M3_MODES = ("dense", "sparse", "colbert", "dense_sparse", "all", "bm25")
 
 
 def task_group(direction: str, held_out: tuple[str, ...] = HELD_OUT) -> str:

@@ -14,13 +14,13 @@ from .targets import targets_section
 
 ZERO_SHOT_ROWS = [
     ("dense", "Dense (CLS, as M3 reads it)"), ("sparse", "Sparse (random head)"),
-    ("multivec", "Multi-vec (random head)"), ("dense_sparse", "Dense+Sparse"), ("all", "All"),
+    ("colbert", "Multi-vec (random head)"), ("dense_sparse", "Dense+Sparse"), ("all", "All"),
     ("cls_prefix", "Dense (CLS, with query:/passage: prefixes)"),
     ("mean_prefix", "mE5's own recipe (mean pooling, prefixes)"), ("bm25", "BM25"),
 ]
-ARM_MODES = {"dense": ("dense",), "no_kd": ("dense", "sparse", "multivec", "dense_sparse", "all"),
-             "m3": ("dense", "sparse", "multivec", "dense_sparse", "all")}
-MODE_LABELS = {"dense": "Dense", "sparse": "Sparse", "multivec": "Multi-vec", "dense_sparse": "Dense+Sparse",
+ARM_MODES = {"dense": ("dense",), "no_kd": ("dense", "sparse", "colbert", "dense_sparse", "all"),
+             "m3": ("dense", "sparse", "colbert", "dense_sparse", "all")}
+MODE_LABELS = {"dense": "Dense", "sparse": "Sparse", "colbert": "Multi-vec", "dense_sparse": "Dense+Sparse",
                "all": "All", "bm25": "BM25"}
 GROUP_LABELS = {"all": "avg (29)", "mono-seen": "mono, trained", "cross-seen": "cross, trained",
                 "mono-held": "mono, held out", "cross-held": "cross, held out"}

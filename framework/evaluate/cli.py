@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--max-corpus", type=int, help="per task, keep N documents (positives of kept queries first)")
     search = parser.add_argument_group("retrieval")
     search.add_argument("--modes", type=_names, default=(),
-                        help=f"comma-separated subset of {','.join(BASE_MODES)} (default: all the heads allow)")
+                        help=f"comma-separated subset of {','.join(BASE_MODES)} (default: all the heads allow; "
+                             "multivec and multi_vector name colbert)")
     search.add_argument("--k", type=int, default=100, help="results kept per query for the metrics")
     search.add_argument("--candidates", type=int, default=1000, help="dense and sparse depth merged by dense_sparse")
     search.add_argument("--rerank-depth", type=int, default=200, help="candidates rescored by multi-vector")

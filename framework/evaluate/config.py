@@ -11,17 +11,18 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from framework.config import check_choices
+from framework.heads import canonical_head
 from framework.retrieval import BM25Config, DenseIndexConfig
 from framework.tracking import TrackingConfig  # the one tracking config, shared with training
 
 # Reported retrieval modes. Metric names start with the mode, so none may contain "+" (MLflow rejects it).
-BASE_MODES = ("dense", "sparse", "multivec", "dense_sparse", "all", "bm25")
+BASE_MODES = ("dense", "sparse", "colbert", "dense_sparse", "all", "bm25")
 MCLS_MODE = "dense_mcls"
 # Display names of the paper's tables.
-LABELS = {"dense": "Dense", "sparse": "Sparse", "multivec": "Multi-vec", "dense_sparse": "Dense+Sparse",
+LABELS = {"dense": "Dense", "sparse": "Sparse", "colbert": "Multi-vec", "dense_sparse": "Dense+Sparse",
           "all": "All", "bm25": "BM25", MCLS_MODE: "Dense (MCLS)"}
 # Heads each mode needs from the model (bm25 needs only the tokenizer).
-MODE_HEADS = {"dense": ("dense",), "sparse": ("sparse",), "multivec": ("dense", "colbert"),
+MODE_HEADS = {"dense": ("dense",), "sparse": ("sparse",), "colbert": ("dense", "colbert"),
               "dense_sparse": ("dense", "sparse"), "all": ("dense", "sparse", "colbert"), "bm25": (),
               MCLS_MODE: ("dense",)}
 # (w_dense, w_sparse, w_colbert) of equation (1) for the two hybrid modes, as set in the paper's section 4:
@@ -93,13 +94,14 @@ class EvalConfig:
     """Stage-end evaluation: a benchmark name (ddtp, ddtp-dev) or BEIR directory; None: no evaluation.
     `evaluate()` and `python -m framework evaluate --benchmark` take the benchmark as an argument instead."""
     modes: tuple[str, ...] = ()
-    """Modes to report (dense, sparse, multivec, dense_sparse, all, bm25); () = all the model's heads allow."""
+    """Modes to report (dense, sparse, colbert, dense_sparse, all, bm25); () = all the model's heads allow.
+    colbert is the multi-vector head's mode; multivec and multi_vector are accepted for it."""
     k: int = 100
     """Results kept per query and mode for the metrics (Recall@100 needs 100)."""
     candidates: int = 1000
     """Depth of the dense and sparse lists whose union dense_sparse rescores (paper: top-1000 each)."""
     rerank_depth: int = 200
-    """Candidates rescored when colbert is involved: dense top-N for multivec, dense + sparse top-N for all."""
+    """Candidates rescored when the colbert head is involved: dense top-N for colbert, dense + sparse top-N for all."""
     mcls: bool = False
     """Also report dense_mcls: corpus dense vectors by MCLS (appendix B.2), queries encoded plainly."""
     mcls_interval: int = 256
@@ -164,6 +166,11 @@ class EvalConfig:
         return raw
 
     def __post_init__(self) -> None:
+        # The multi-vector head's other spellings (multivec, multi_vector) name the colbert mode (framework/heads.py).
+        object.__setattr__(self, "modes", tuple(canonical_head(m) for m in self.modes))
+        if self.best_metric is not None:
+            mode, dot, metric = self.best_metric.rpartition(".")
+            object.__setattr__(self, "best_metric", f"{canonical_head(mode)}{dot}{metric}")
         known = (*BASE_MODES, MCLS_MODE)
         unknown = [m for m in self.modes if m not in known]
         if unknown:

@@ -28,11 +28,12 @@ def candidate_union(*ids_QK: np.ndarray) -> list[np.ndarray]:
     return [np.unique(row[row != MISSING_ID]) for row in stacked_QK]
 
 
-def colbert_scores(query_LE: np.ndarray, docs: Sequence[np.ndarray]) -> np.ndarray:
+def colbert_candidate_scores(query_LE: np.ndarray, docs: Sequence[np.ndarray]) -> np.ndarray:
     """Late-interaction score of one query against each document: mean over query tokens of the best match.
 
     Equals framework.inference.colbert_score per pair; the candidates are scored with one matrix
-    product and a segmented max instead of one small product each.
+    product and a segmented max instead of one small product each. (Training scores whole batches with
+    padding masks in torch: framework.loss.colbert_scores.)
     """
     if not docs:
         return np.zeros(0, dtype=np.float32)
@@ -47,7 +48,7 @@ def colbert_score_matrix(queries: Sequence[np.ndarray], docs: Sequence[np.ndarra
                          max_block: int = 1 << 24) -> np.ndarray:
     """scores_QN of every query against every document, in blocks of queries.
 
-    Same scores as colbert_scores per query, but a block of queries is one matrix product of their
+    Same scores as colbert_candidate_scores per query, but a block of queries is one matrix product of their
     stacked tokens against all documents, which BLAS runs several times faster than one thin product
     per query (about 3x on 2 CPU cores for DDTP-sized tasks). `max_block` bounds the (query tokens,
     document tokens) similarity block in floats (64 MiB by default).

@@ -84,14 +84,14 @@ def encode_benchmark(embedder: M3Embedder, bench: Benchmark, modes: list[str], h
     query_prompt, passage_prompt = prompts_used(embedder, config)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    queries = encode_texts(embedder, query_pool.texts, shard, dense=dense, sparse=sparse, multi_vector=colbert,
+    queries = encode_texts(embedder, query_pool.texts, shard, dense=dense, sparse=sparse, colbert=colbert,
                            max_length=query_len, prompt=query_prompt, **options) if dense or sparse or colbert else {}
     seconds["queries"] = time.perf_counter() - start
     corpus: dict = {}
     start = time.perf_counter()
     if dense or sparse or keep_colbert:
         corpus = encode_texts(embedder, corpus_pool.texts, shard, dense=dense, sparse=sparse,
-                              multi_vector=keep_colbert, max_length=passage_len, prompt=passage_prompt, **options)
+                              colbert=keep_colbert, max_length=passage_len, prompt=passage_prompt, **options)
         seconds["corpus"] = time.perf_counter() - start
     mcls_ND = None
     if MCLS_MODE in modes:
@@ -141,7 +141,7 @@ def attach_colbert(embedder: M3Embedder, enc: BenchmarkEncoding, searches: list[
         limit = embedder.model.max_positions
         start = time.perf_counter()
         out = encode_texts(embedder, [enc.corpus_texts[p] for p in positions], shard, dense=False, sparse=False,
-                           multi_vector=True, batch_size=config.batch_size, progress=config.progress,
+                           colbert=True, batch_size=config.batch_size, progress=config.progress,
                            max_length=min(config.passage_max_length or limit, limit),
                            prompt=prompts_used(embedder, config)[1])
         seconds = time.perf_counter() - start

@@ -2,7 +2,7 @@
 
 First stages search the whole corpus: dense (faiss, framework.retrieval.DenseIndex), sparse (the
 inverted index of sparse.py), BM25 (framework.retrieval.BM25Index over the model's tokenizer) and
-dense with MCLS document vectors. Second stages rescore candidates (hybrid.py): multivec reranks the
+dense with MCLS document vectors. Second stages rescore candidates (hybrid.py): colbert reranks the
 dense top `rerank_depth`; a hybrid rescores the union of the dense and sparse lists, top `candidates`
 each, or top `rerank_depth` each when it weighs colbert (whose cost grows with the candidates).
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from framework.evaluate.config import EvalConfig
-from framework.evaluate.hybrid import candidate_union, colbert_score_matrix, colbert_scores, rescore
+from framework.evaluate.hybrid import candidate_union, colbert_candidate_scores, colbert_score_matrix, rescore
 from framework.evaluate.sparse import SparseIndex
 from framework.retrieval import BM25Index, DenseIndex
 
@@ -116,7 +116,7 @@ class TaskSearch:
         """Document rows whose multi-vector outputs the given modes will need."""
         rows: set[int] = set()
         for mode in modes:
-            if mode == "multivec":
+            if mode == "colbert":
                 candidates = candidate_union(self.dense()[1][:, :self.config.rerank_depth])
             elif mode in self.hybrid_weights and self.hybrid_weights[mode][2]:
                 candidates = self._hybrid_candidates(self.hybrid_weights[mode])
@@ -137,7 +137,7 @@ class TaskSearch:
             # extra pairs cost at most as much as the needed ones.
             scores_QP = colbert_score_matrix(query_colbert, [doc_colbert[int(r)] for r in pool])
             return lambda q, cand_C: scores_QP[q, np.searchsorted(pool, cand_C)]
-        return lambda q, cand_C: colbert_scores(query_colbert[q], [doc_colbert[int(i)] for i in cand_C])
+        return lambda q, cand_C: colbert_candidate_scores(query_colbert[q], [doc_colbert[int(i)] for i in cand_C])
 
     def _rescore(self, weights: tuple[float, float, float], candidates: list[np.ndarray]):
         i = self.inputs
@@ -153,19 +153,19 @@ class TaskSearch:
             return getattr(self, mode)()[1][:, :k]
         if mode in ("bm25", "dense_mcls"):
             return getattr(self, mode)()[1]
-        if mode == "multivec":
+        if mode == "colbert":
             candidates = candidate_union(self.dense()[1][:, :self.config.rerank_depth])
             return self._timed(mode, lambda: self._rescore((0.0, 0.0, 1.0), candidates))[1]
         if mode in self.hybrid_weights:
             weights = self.hybrid_weights[mode]
             candidates = self._hybrid_candidates(weights)
             return self._timed(mode, lambda: self._rescore(weights, candidates))[1]
-        raise ValueError(f"unknown mode {mode!r}; choose from dense, sparse, multivec, bm25, dense_mcls or "
+        raise ValueError(f"unknown mode {mode!r}; choose from dense, sparse, colbert, bm25, dense_mcls or "
                          f"{sorted(self.hybrid_weights)}")
 
     def latency_seconds(self, mode: str) -> float:
         """Search seconds of a mode over all queries, including the first stages it builds on."""
-        stages = {"multivec": ("dense", mode)}.get(mode, (mode,))
+        stages = {"colbert": ("dense", mode)}.get(mode, (mode,))
         if mode in self.hybrid_weights:
             stages = ("dense", "sparse", mode)
         return sum(self.seconds.get(s, 0.0) for s in stages)

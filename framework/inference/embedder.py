@@ -30,7 +30,6 @@ from framework.loss.matryoshka import check_prefix_dim, dense_prefix_numpy
 from framework.model import M3Model, load_m3
 from framework.model.st_layout import read_prompts
 
-MODES = ("dense", "sparse", "colbert")
 # sentence-transformers' encode_document takes the first of these prompt names the model has.
 PASSAGE_PROMPT_NAMES = ("document", "passage", "corpus")
 
@@ -113,14 +112,17 @@ class M3Embedder:
         return ids
 
     @torch.no_grad()
-    def encode(self, texts: Sequence[str], dense: bool = True, sparse: bool = True, multi_vector: bool = False,
+    def encode(self, texts: Sequence[str], dense: bool = True, sparse: bool = True, colbert: bool = False,
                batch_size: int = 32, max_length: int | None = None, truncate: bool = True,
                mcls: bool = False, mcls_interval: int = 256, progress: bool | None = None,
                dense_dim: int | None = None, is_query: bool | None = None, prompt_name: str | None = None,
-               prompt: str | None = None) -> dict:
-        """Encode texts. `mcls=True` computes the dense vector by MCLS (sparse/multi-vector stay plain).
-        `dense_dim=N` keeps the first N dims of each dense vector, renormalised (Matryoshka training).
-        `is_query` / `prompt_name` / `prompt` put a prompt before every text (prompt_for; module doc)."""
+               prompt: str | None = None, multi_vector: bool | None = None) -> dict:
+        """Encode texts with the heads asked for: `dense`, `sparse` and `colbert` (the multi-vector head;
+        `colbert=` is accepted for it, framework/heads.py). `mcls=True` computes the dense vector by
+        MCLS (sparse/colbert stay plain). `dense_dim=N` keeps the first N dims of each dense vector,
+        renormalised (Matryoshka training). `is_query` / `prompt_name` / `prompt` put a prompt before every
+        text (prompt_for; module doc)."""
+        colbert = colbert or bool(multi_vector)
         texts = check_texts(texts)
         prefix = self.prompt_for(is_query, prompt_name, prompt)
         if prefix:
@@ -129,12 +131,12 @@ class M3Embedder:
             check_prefix_dim(dense_dim, self.model.encoder.config.hidden_size, "dense_dim")
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: use a positive batch size")
-        self._check_heads(dense, sparse, multi_vector)
+        self._check_heads(dense, sparse, colbert)
         max_length = self._max_length(max_length)
         out: dict = {}
-        if sparse or multi_vector or (dense and not mcls):
+        if sparse or colbert or (dense and not mcls):
             ids = self._tokenize(texts, max_length, truncate, None)
-            out = self._encode_ids(ids, dense and not mcls, sparse, multi_vector, batch_size, progress)
+            out = self._encode_ids(ids, dense and not mcls, sparse, colbert, batch_size, progress)
         if dense and mcls:
             ids = self._tokenize(texts, max_length, truncate, mcls_interval)
             out["dense_vecs"] = self._encode_mcls(ids, batch_size, progress)
@@ -142,14 +144,14 @@ class M3Embedder:
             out["dense_vecs"] = dense_prefix_numpy(out["dense_vecs"], dense_dim, self.model.cfg.normalize)
         return out
 
-    def _check_heads(self, dense: bool, sparse: bool, multi_vector: bool) -> None:
+    def _check_heads(self, dense: bool, sparse: bool, colbert: bool) -> None:
         cfg = self.model.cfg
         for asked, on, name in ((dense, cfg.dense, "dense"), (sparse, cfg.sparse, "sparse"),
-                                (multi_vector, cfg.colbert, "colbert")):
+                                (colbert, cfg.colbert, "colbert")):
             if asked and not on:
                 raise ValueError(f"the {name} head is switched off in this model's config; do not ask for it")
-        if not (dense or sparse or multi_vector):
-            raise ValueError("encode: nothing asked; set at least one of dense/sparse/multi_vector")
+        if not (dense or sparse or colbert):
+            raise ValueError("encode: nothing asked; set at least one of dense/sparse/colbert")
 
     def _batches(self, ids: list[list[int]], batch_size: int, progress: bool | None):
         order = np.argsort([-len(s) for s in ids], kind="stable")
@@ -160,11 +162,11 @@ class M3Embedder:
             ids_BL, mask_BL = pad_to_multiple([ids[i] for i in idx], self.tokenizer.pad_token_id)
             yield idx, ids_BL.to(self.device), mask_BL.to(self.device)
 
-    def _encode_ids(self, ids, dense, sparse, multi_vector, batch_size, progress) -> dict:
+    def _encode_ids(self, ids, dense, sparse, colbert, batch_size, progress) -> dict:
         n = len(ids)
         dense_rows: list = [None] * n
         lexical: list = [None] * n
-        colbert: list = [None] * n
+        colbert_rows: list = [None] * n
         for idx, ids_BL, mask_BL in self._batches(ids, batch_size, progress):
             out = self.model(ids_BL, mask_BL)
             lengths = mask_BL.sum(1).tolist()
@@ -173,15 +175,15 @@ class M3Embedder:
                     dense_rows[i] = out.dense_BD[row].float().cpu().numpy()
                 if sparse:
                     lexical[i] = _lexical_dict(out.sparse_BL[row], ids_BL[row])
-                if multi_vector:
-                    colbert[i] = out.colbert_BLC[row, :lengths[row] - 1].float().cpu().numpy()
+                if colbert:
+                    colbert_rows[i] = out.colbert_BLC[row, :lengths[row] - 1].float().cpu().numpy()
         result: dict = {}
         if dense:
             result["dense_vecs"] = np.stack(dense_rows)
         if sparse:
             result["lexical_weights"] = lexical
-        if multi_vector:
-            result["colbert_vecs"] = colbert
+        if colbert:
+            result["colbert_vecs"] = colbert_rows
         return result
 
     def _encode_mcls(self, ids, batch_size, progress) -> np.ndarray:

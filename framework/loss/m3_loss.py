@@ -19,17 +19,16 @@ Shape legend (docs/shapes.md):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import KW_ONLY, asdict, dataclass, fields
 
 import torch
 from torch import Tensor
 
+from framework.heads import HEADS
 from framework.loss.config import LossConfig
 from framework.loss.infonce import grouped_infonce, infonce, m3_kd_loss, own_group, soft_cross_entropy
 from framework.loss.masks import masked_teacher
 from framework.loss.scores import ensemble_scores
-
-HEADS = ("dense", "sparse", "colbert")
 
 
 @dataclass(frozen=True)
@@ -46,21 +45,34 @@ class HeadScores:
 
 @dataclass(frozen=True)
 class GlobalDense:
-    """Dense scores over all ranks' queries and passages, for cross-device negatives."""
+    """Dense scores against all ranks' passages, for cross-device negatives. Exactly one of the two score
+    matrices is given: `scores_RS` (every rank scores all ranks' queries, the reference's layout) or
+    `scores_QS` (local rows: this rank's queries only)."""
 
-    scores_RS: Tensor
+    scores_RS: Tensor | None = None
     """Raw (R, S) dense scores, rows and columns in rank order (this rank's own rows carry gradient), with
     the exclusions' penalty already added (framework/loss/masks.py over the gathered rows and columns)."""
+    scores_QS: Tensor | None = None
+    """Raw (Q, S) scores of this rank's queries against all ranks' passages (the passages gathered with
+    reduce_grad), penalty added; the dense InfoNCE is computed on these rows and weighted by row_weight."""
+    _: KW_ONLY
     row_offset: int
-    """Index of this rank's first query among the R rows (rank * Q when all ranks hold Q queries)."""
+    """Index of this rank's first query among all ranks' R queries (rank * Q when all ranks hold Q)."""
     teacher_scores_RG: Tensor | None = None
     """All ranks' reranker scores, masked like the local ones (masks.masked_teacher); needed only for
-    teacher distillation with kd_loss_type 'm3_kd_loss'."""
-    local_rows: bool = False
-    """scores_RS holds only this rank's Q rows against all S passages (the passages gathered with
-    reduce_grad); the dense InfoNCE is then computed on those rows and weighted by row_weight."""
+    teacher distillation with kd_loss_type 'm3_kd_loss' (with scores_RS)."""
     row_weight: float = 1.0
-    """With local_rows: Q x W / R, so that the engine's mean over ranks equals the mean over all R rows."""
+    """With scores_QS: Q x W / R, so that the engine's mean over ranks equals the mean over all R rows."""
+
+    def __post_init__(self) -> None:
+        if (self.scores_RS is None) == (self.scores_QS is None):
+            raise ValueError("GlobalDense: give exactly one of scores_RS (all ranks' query rows) and scores_QS "
+                             "(this rank's query rows, local rows)")
+
+    @property
+    def local_rows(self) -> bool:
+        """True when the scores are this rank's query rows (scores_QS)."""
+        return self.scores_QS is not None
 
 
 @dataclass(frozen=True)
@@ -162,13 +174,13 @@ def _dense_infonce(scaled_QP: Tensor | None, dense_global: GlobalDense | None, n
 def _global_dense_loss(dense_global: GlobalDense, num_q: int | None, group_size: int,
                        targets_QG: Tensor | None, cfg: LossConfig) -> Tensor:
     """Dense InfoNCE over all ranks (the reference's _compute_cross_device_neg_loss)."""
-    scaled_RS = _widen(dense_global.scores_RS) / cfg.temperature
     if dense_global.local_rows:
-        offset = dense_global.row_offset
-        loss = infonce(scaled_RS, group_size, offset)
+        scaled_QS, offset = _widen(dense_global.scores_QS) / cfg.temperature, dense_global.row_offset
+        loss = infonce(scaled_QS, group_size, offset)
         if targets_QG is not None:
-            loss = loss + soft_cross_entropy(targets_QG, own_group(scaled_RS, group_size, offset))
+            loss = loss + soft_cross_entropy(targets_QG, own_group(scaled_QS, group_size, offset))
         return dense_global.row_weight * loss
+    scaled_RS = _widen(dense_global.scores_RS) / cfg.temperature
     if targets_QG is None:
         return infonce(scaled_RS, group_size)
     if cfg.kd_loss_type == "m3_kd_loss":
@@ -337,10 +349,10 @@ def _check_dense_dims(dense_dims: Mapping[int, DenseAtDim] | None, num_q: int | 
 
 def _check_local_rows(dense_global: GlobalDense, num_q: int | None, group_size: int, cfg: LossConfig,
                       has_teacher: bool) -> None:
-    scores = dense_global.scores_RS
+    scores = dense_global.scores_QS
     if scores.dim() != 2 or (num_q is not None and scores.shape[0] != num_q):
-        raise ValueError(f"m3_loss: dense_global.scores_RS has shape {tuple(scores.shape)}; with local_rows it "
-                         f"must be this rank's {num_q} queries x all ranks' passages.")
+        raise ValueError(f"m3_loss: dense_global.scores_QS has shape {tuple(scores.shape)}; it must be this "
+                         f"rank's {num_q} queries x all ranks' passages.")
     if (dense_global.row_offset + scores.shape[0]) * group_size > scores.shape[1]:
         raise ValueError(f"m3_loss: row_offset={dense_global.row_offset} puts this rank's positives beyond the "
                          f"{scores.shape[1]} gathered passages; pass this rank's first global query index.")

@@ -28,7 +28,7 @@ class M3Teacher:
         model, tokenizer = load_m3(config.path, dtype=config.runtime.torch_dtype())
         self.embedder = M3Embedder(model, tokenizer, config.runtime.torch_device())
         w = config.weights
-        self.heads = {"dense": w.dense > 0, "sparse": w.sparse > 0, "multi_vector": w.colbert > 0}
+        self.heads = {"dense": w.dense > 0, "sparse": w.sparse > 0, "colbert": w.colbert > 0}
         limit = model.max_positions
         for name in ("max_query_length", "max_passage_length"):
             value = getattr(config, name)

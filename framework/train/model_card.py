@@ -186,7 +186,7 @@ OUR_USAGE = """This framework (`framework.inference`, or `python -m framework ev
 from framework.inference import M3Embedder
 
 model = M3Embedder.from_pretrained({path})
-out = model.encode(["What is BGE M3?"], dense=True, sparse=True, multi_vector=True)
+out = model.encode(["What is BGE M3?"], dense=True, sparse=True, colbert=True)
 ```"""
 ENCODER_USAGE = """A plain Hugging Face encoder:
 

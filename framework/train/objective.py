@@ -182,8 +182,8 @@ class M3Objective(nn.Module):
         if teacher_scores_QG is not None and self.loss_cfg.kd_loss_type == "m3_kd_loss":
             teacher_RG = gather(teacher_scores_QG).tensor
         excluded = exclusions(_gather_rows(rows), all_cols, group_size)
-        return GatheredDense(q_all.tensor, p_all.tensor, excluded.penalty_QP, q_all.offset, teacher_RG,
-                             duplicates_QS=excluded.duplicates_QP[q_all.local_rows])
+        return GatheredDense(p_all.tensor, q_all.offset, q_RD=q_all.tensor, penalty_RS=excluded.penalty_QP,
+                             teacher_RG=teacher_RG, duplicates_QS=excluded.duplicates_QP[q_all.local_rows])
 
     def _local_rows_dense(self, q: M3Output, p: M3Output, rows: RowRules, all_cols: ColumnKeys,
                           group_size: int) -> GatheredDense:
@@ -194,7 +194,7 @@ class M3Objective(nn.Module):
         weight = num_q * len(p_all.sizes) * group_size / sum(p_all.sizes)
         offset = p_all.offset // group_size
         excluded = exclusions(rows, all_cols, group_size, offset)
-        return GatheredDense(q.dense_BD, p_all.tensor, excluded.penalty_QP, offset, local_rows=True,
+        return GatheredDense(p_all.tensor, offset, q_QD=q.dense_BD, penalty_QS=excluded.penalty_QP,
                              row_weight=weight, duplicates_QS=excluded.duplicates_QP)
 
 
@@ -212,30 +212,37 @@ def _gather_rows(rows: RowRules) -> RowRules:
 
 
 class GatheredDense(NamedTuple):
-    """Dense vectors over ranks, gathered once; `scores(dim)` scores them at the full or a prefix width."""
+    """Dense vectors over ranks, gathered once; `scores(dim)` scores them at the full or a prefix width.
+    The query rows are all ranks' (q_RD, penalty_RS) or, with local rows, this rank's (q_QD, penalty_QS)."""
 
-    q_RD: torch.Tensor
-    """All ranks' queries (all rows), or this rank's queries (local rows)."""
     p_SD: torch.Tensor
     """All ranks' passages; this rank's rows carry the gradient (framework/parallel/gather.py)."""
-    penalty_RS: torch.Tensor | None
-    """The exclusions' penalty of q_RD's rows x all passages (framework/loss/masks.py; None: none)."""
     row_offset: int
     """This rank's first query among all ranks' queries."""
+    q_RD: torch.Tensor | None = None
+    """All ranks' queries (all rows)."""
+    penalty_RS: torch.Tensor | None = None
+    """The exclusions' penalty of all ranks' queries x all passages (framework/loss/masks.py; None: none)."""
+    q_QD: torch.Tensor | None = None
+    """This rank's queries (local rows)."""
+    penalty_QS: torch.Tensor | None = None
+    """The exclusions' penalty of this rank's queries x all passages."""
     teacher_RG: torch.Tensor | None = None
     """All ranks' reranker scores, for kd_loss_type m3_kd_loss over all rows."""
-    local_rows: bool = False
-    """q_RD holds only this rank's queries."""
     row_weight: float = 1.0
     """GlobalDense.row_weight of local rows."""
     duplicates_QS: torch.Tensor | None = None
     """This rank's query rows x all passages: the entries only the duplicate rule excluded (the metric)."""
 
     def scores(self, dim: int | None = None, normalize: bool = True) -> GlobalDense:
-        q_RD, p_SD = self.q_RD, self.p_SD
+        local = self.q_QD is not None
+        q, penalty = (self.q_QD, self.penalty_QS) if local else (self.q_RD, self.penalty_RS)
+        p_SD = self.p_SD
         if dim is not None:
-            q_RD, p_SD = dense_prefix(q_RD, dim, normalize), dense_prefix(p_SD, dim, normalize)
-        scores_RS = dense_scores(q_RD, p_SD)
-        if self.penalty_RS is not None:
-            scores_RS = scores_RS + self.penalty_RS.to(scores_RS.dtype)
-        return GlobalDense(scores_RS, self.row_offset, self.teacher_RG, self.local_rows, self.row_weight)
+            q, p_SD = dense_prefix(q, dim, normalize), dense_prefix(p_SD, dim, normalize)
+        scores = dense_scores(q, p_SD)
+        if penalty is not None:
+            scores = scores + penalty.to(scores.dtype)
+        rows = {"scores_QS": scores} if local else {"scores_RS": scores}
+        return GlobalDense(**rows, row_offset=self.row_offset, teacher_scores_RG=self.teacher_RG,
+                           row_weight=self.row_weight)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from framework.data.batch import Batch
 from framework.data.sources import export_prompts, stage_prompts
 from framework.data.stream import PairStream
+from framework.heads import HEADS
 from framework.loss import all_zero_warnings, check_matryoshka_dims
 from framework.model import load_m3
 from framework.train.export import export_bge_m3
@@ -23,8 +24,6 @@ from framework.train.tasks.base import StageTask
 
 if TYPE_CHECKING:
     from framework.train.config import RunConfig, StageConfig
-
-HEADS = ("dense", "sparse", "colbert")
 
 
 class ContrastiveTask(StageTask):
