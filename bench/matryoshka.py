@@ -28,7 +28,6 @@ Keep OMP_NUM_THREADS=1 on a shared machine.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import math
 import os
@@ -38,11 +37,10 @@ import time
 from pathlib import Path
 
 from framework.config import read_yaml
-from framework.resources import ddtp_dir, demo_config, text_sample
-from framework.starting import build_model, train_tokenizer
+from framework.resources import ddtp_dir, demo_config
+from framework.starting import build_model, pair_texts, train_tokenizer, write_tokenizer_text
 
 DDTP = ddtp_dir()
-SAMPLE = text_sample()
 DEMO_CONFIG = demo_config()
 STAGES = ("unsupervised", "warmup")
 ARMS = {"A": "plain", "B": "matryoshka"}
@@ -57,23 +55,16 @@ def say(text: str) -> None:
 def prepare_data(data_dir: Path) -> tuple[Path, Path]:
     """(tokenizer, pair manifest), built once for every seed."""
     # The demo's recipe (framework/demo.py): the sample text plus the DDTP train queries and passages.
-    from tools.make_shards import main as make_shards
+    from framework.data.prepare import ShardConfig, make_shards
 
     tokenizer, pairs = data_dir / "tokenizer", data_dir / "pairs"
     if (pairs / "manifest.json").is_file():
         return tokenizer, pairs / "manifest.json"
     data_dir.mkdir(parents=True, exist_ok=True)
-    text = data_dir / "tokenizer-text.txt"
-    with text.open("w", encoding="utf-8") as out:
-        out.write(SAMPLE.read_text(encoding="utf-8"))
-        for path in sorted((DDTP / "train").glob("*.jsonl.gz")):
-            with gzip.open(path, "rt", encoding="utf-8") as rows:
-                for line in rows:
-                    row = json.loads(line)
-                    out.write(row["query"] + "\n" + "\n".join(row["pos"]) + "\n")
+    text = write_tokenizer_text(data_dir / "tokenizer-text.txt", pair_texts(DDTP / "train"))
     train_tokenizer([text], tokenizer, vocab_size=8000, seed=0)
-    make_shards([str(DDTP / "train"), "--out", str(pairs), "--tokenizer", str(tokenizer), "--pretokenize",
-                 "--max-length", str(MAX_LENGTH), "--progress-seconds", "1000"])
+    make_shards([DDTP / "train"], ShardConfig(out_dir=pairs, tokenizer=str(tokenizer), pretokenize=True,
+                                              max_length=MAX_LENGTH, progress_seconds=1000))
     return tokenizer, pairs / "manifest.json"
 
 

@@ -36,8 +36,8 @@ from pathlib import Path
 
 from bench.retromae_ablation import (MAX_LENGTH, MODE_LABELS, check_out_dir, finetune_config, mean_std, markdown,
                                      say, train, train_documents)
-from framework.resources import ddtp_dir, text_sample
-from framework.starting import build_model, train_tokenizer
+from framework.resources import ddtp_dir
+from framework.starting import build_model, train_tokenizer, write_tokenizer_text
 
 DDTP_TRAIN = ddtp_dir() / "train"
 FULL_TRAIN = Path("/work/data/ddtp-full/train")
@@ -54,9 +54,7 @@ def prepare_tokenizer(data_dir: Path) -> Path:
     tokenizer = data_dir / "tokenizer"
     if not (tokenizer / "tokenizer_config.json").is_file():
         data_dir.mkdir(parents=True, exist_ok=True)
-        text = data_dir / "tokenizer-text.txt"
-        text.write_text(text_sample().read_text(encoding="utf-8") + "\n".join(train_documents()) + "\n",
-                        encoding="utf-8")
+        text = write_tokenizer_text(data_dir / "tokenizer-text.txt", train_documents())
         train_tokenizer([text], tokenizer, vocab_size=8000, seed=0)
     return tokenizer
 

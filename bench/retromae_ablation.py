@@ -30,7 +30,6 @@ the runs and evaluations already done.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import math
 import os
@@ -44,12 +43,11 @@ from pathlib import Path
 import yaml
 
 from framework.config import read_yaml
-from framework.resources import ddtp_dir, demo_config, text_sample
-from framework.starting import build_model, train_tokenizer
+from framework.resources import ddtp_dir, demo_config
+from framework.starting import build_model, pair_texts, train_tokenizer, write_tokenizer_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DDTP_TRAIN = ddtp_dir() / "train"
-SAMPLE = text_sample()
 DEMO_CONFIG = demo_config()
 FINETUNE_STAGES = ("warmup", "unified")
 MODES = ("dense", "sparse", "colbert", "all")
@@ -72,23 +70,13 @@ def say(text: str) -> None:
 
 def train_documents() -> list[str]:
     """Distinct synopses and long descriptions of the DDTP train split, in file order."""
-    seen: dict[str, None] = {}
-    for path in sorted(DDTP_TRAIN.glob("*.jsonl.gz")):
-        with gzip.open(path, "rt", encoding="utf-8") as rows:
-            for line in rows:
-                row = json.loads(line)
-                for text in (row["query"], *row["pos"]):
-                    seen.setdefault(text.strip(), None)
-    return [text for text in seen if text]
+    return pair_texts(DDTP_TRAIN, distinct=True)
 
 
 def prepare_data(data_dir: Path) -> tuple[Path, Path, Path]:
     """(tokenizer, pair manifest, text manifest), built once for all seeds."""
-    try:  # shard preparation's command line is a repository tool, not part of the installed package
-        from tools.make_shards import main as make_shards
-    except ModuleNotFoundError as error:
-        raise SystemExit("bench/retromae_ablation.py needs the repository's tools/: run it from the repository "
-                         "root as `python -m bench.retromae_ablation`") from error
+    from framework.data.prepare import ShardConfig, make_shards
+
     tokenizer, pairs, text = data_dir / "tokenizer", data_dir / "pairs", data_dir / "text"
     if (text / "manifest.json").is_file():
         return tokenizer, pairs / "manifest.json", text / "manifest.json"
@@ -98,13 +86,12 @@ def prepare_data(data_dir: Path) -> tuple[Path, Path, Path]:
     # JSONL keeps a description's line breaks inside one document (a .txt input is one document per line).
     corpus.write_text("".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in documents),
                       encoding="utf-8")
-    tokenizer_text = data_dir / "tokenizer-text.txt"
-    tokenizer_text.write_text(SAMPLE.read_text(encoding="utf-8") + "\n".join(documents) + "\n", encoding="utf-8")
+    tokenizer_text = write_tokenizer_text(data_dir / "tokenizer-text.txt", documents)
     say(f"tokenizer, then shards: {len(documents)} train documents for RetroMAE, DDTP train pairs for fine-tuning")
     train_tokenizer([tokenizer_text], tokenizer, vocab_size=8000, seed=0)
-    common = ["--tokenizer", str(tokenizer), "--pretokenize", "--max-length", str(MAX_LENGTH)]
-    make_shards([str(DDTP_TRAIN), "--out", str(pairs), *common])
-    make_shards([str(corpus), "--kind", "text", "--out", str(text), *common])
+    common = dict(tokenizer=str(tokenizer), pretokenize=True, max_length=MAX_LENGTH)
+    make_shards([DDTP_TRAIN], ShardConfig(out_dir=pairs, **common))
+    make_shards([corpus], ShardConfig(out_dir=text, kind="text", **common))
     return tokenizer, pairs / "manifest.json", text / "manifest.json"
 
 

