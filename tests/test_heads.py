@@ -104,6 +104,15 @@ def test_all_zero_warning_crosses_the_threshold():
     lines = all_zero_warnings(metrics, 0.1)
     assert len(lines) == 1 and "40% of passage texts" in lines[0] and "threshold 10%" in lines[0]
     assert all_zero_warnings(metrics, 0.5) == [] and all_zero_warnings(metrics, None) == []
+    assert "collapsing" in lines[0]
+
+
+def test_all_zero_share_that_started_high_is_a_head_not_yet_learned_not_a_collapse():
+    first = {"sparse_query_all_zero": 0.6, "sparse_passage_all_zero": 0.2}
+    later = {"sparse_query_all_zero": 0.5, "sparse_passage_all_zero": 0.3}
+    query, passage = all_zero_warnings(later, 0.1, first)
+    assert "60% in the stage's first window" in query and "not learned" in query and "collapsing" not in query
+    assert "collapsing" in passage  # 20% -> 30%: it rose
 
 
 def _batch(tokenizer, num_q: int, group: int, seed: int = 0) -> Batch:

@@ -102,17 +102,31 @@ def flops_loss(query: LexicalStats, passage: LexicalStats, cfg: LossConfig, step
             + flops_lambda(cfg.flops_passage_weight, step, cfg.flops_warmup_steps) * passage.flops)
 
 
-def all_zero_warnings(metrics: dict[str, float], threshold: float | None) -> list[str]:
-    """One sentence per side whose window share of all-zero lexical vectors is above `threshold`."""
+def all_zero_warnings(metrics: dict[str, float], threshold: float | None,
+                      first_window: dict[str, float] | None = None) -> list[str]:
+    """One sentence per side whose window share of all-zero lexical vectors is above `threshold`.
+
+    `first_window`: the metrics of the first window this stage run logged. A share that has risen since
+    then is a collapse (FlagEmbedding issues #982, #914); a share that was already that high and has not
+    risen is a head that has not learned yet (a freshly drawn sparse_linear zeroes many short texts), and
+    the advice differs."""
     if threshold is None:
         return []
     lines = []
     for side in SIDES:
-        share = metrics.get(f"sparse_{side}_all_zero")
-        if share is not None and share > threshold:
-            lines.append(f"WARNING sparse head: {share:.0%} of {side} texts have an all-zero lexical vector "
-                         f"(threshold {threshold:.0%}; mean non-zero weights per text "
-                         f"{metrics.get(f'sparse_{side}_nonzero', float('nan')):.1f}): the sparse head is "
-                         "collapsing; lower the learning rate, raise loss.sparse_lambda, or lower "
-                         "loss.flops_*_weight if set")
+        key = f"sparse_{side}_all_zero"
+        share = metrics.get(key)
+        if share is None or share <= threshold:
+            continue
+        start = None if first_window is None else first_window.get(key)
+        head = (f"WARNING sparse head: {share:.0%} of {side} texts have an all-zero lexical vector "
+                f"(threshold {threshold:.0%}; mean non-zero weights per text "
+                f"{metrics.get(f'sparse_{side}_nonzero', float('nan')):.1f}")
+        if start is not None and start > threshold and share <= start:
+            lines.append(f"{head}; {start:.0%} in the stage's first window): the head has not learned to weight "
+                         "these texts yet (a fresh sparse_linear starts so); if the share does not fall, raise "
+                         "loss.sparse_lambda or the learning rate, or train the heads first (a heads stage)")
+        else:
+            lines.append(f"{head}): the sparse head is collapsing; lower the learning rate, raise "
+                         "loss.sparse_lambda, or lower loss.flops_*_weight if set")
     return lines

@@ -74,6 +74,8 @@ class ContrastiveTask(StageTask):
         self.objective = M3Objective(self.model, stage.loss, split.sub_batch, split.sub_batch_tokens,
                                      gather_dense=stage.gather.dense, rescale_grad=stage.gather.rescale_grad,
                                      local_rows=stage.gather.scores == "local_rows")
+        self.first_window: dict[str, float] | None = None
+        """The first logging window's metrics: the sparse-health warning compares later windows with it."""
 
     def stream(self, manifest, cfg, rank: int, world_size: int, state) -> PairStream:
         return PairStream.from_manifest(manifest, cfg, self.tokenizer, rank, world_size, state)
@@ -82,7 +84,9 @@ class ContrastiveTask(StageTask):
         return engine(batch=batch, step=step)
 
     def warnings(self, metrics: dict[str, float]) -> list[str]:
-        return all_zero_warnings(metrics, self.stage.loss.sparse_all_zero_warning)
+        if self.first_window is None:
+            self.first_window = dict(metrics)
+        return all_zero_warnings(metrics, self.stage.loss.sparse_all_zero_warning, self.first_window)
 
     def export(self, out_dir: Path) -> Path:
         return export_bge_m3(self.model, self.tokenizer, out_dir, prompts=self.inference_prompts)
