@@ -21,7 +21,7 @@ from torch import nn
 from framework.loss import GlobalDense, HeadScores, LossConfig, colbert_scores, infonce, m3_loss, sparse_scores
 from framework.parallel import (DistEnv, all_gather_object, all_reduce_mean, all_reduce_sum, broadcast_object,
                                 detect_env, expand_nodelist, first_host, free_port, gather, gather_with_grad,
-                                init_distributed, is_initialized, rank, shutdown, world_size)
+                                init_distributed, is_initialized, rank, row_sparse_mean, shutdown, world_size)
 
 TOL = {"rtol": 1e-10, "atol": 1e-12}
 WORLD = 2
@@ -154,6 +154,7 @@ def _worker(rank_: int, port: int) -> None:
         _check_multi_vector_and_sparse(rank_)
         _check_empty_batch_and_mismatches(rank_)
         _check_collectives(rank_)
+        _check_row_sparse_mean(rank_)
     finally:
         shutdown()
 
@@ -290,6 +291,31 @@ def _check_multi_vector_and_sparse(rank_: int) -> None:
     _mv_loss(*gathered["q"], *gathered["p"]).backward()
     for got, want in zip(_engine_grads(model), expected):
         torch.testing.assert_close(got, want, **TOL)
+
+
+# (b2) ZeRO-0's gradient mean with the embedding reduced by touched rows (framework/parallel/grad_sync.py).
+def _check_row_sparse_mean(rank_: int) -> None:
+    """Equal, bit for bit, to the flat all-reduce mean DeepSpeed's ZeRO-0 computes (sum over ranks, then
+    x 1/W): rows touched on one rank, on both, on none; a NaN row; a parameter without a gradient."""
+    gen = torch.Generator().manual_seed(rank_)
+    embed, linear, unused = nn.Embedding(50, 4), nn.Linear(4, 3), nn.Linear(2, 2)
+    module = nn.ModuleList([embed, linear, unused])
+    ids = torch.tensor([[1, 7, 7, 30]]) if rank_ == 0 else torch.tensor([[7, 12, 49, 49]])
+    (linear(embed(ids)) * torch.randn(1, 4, 3, generator=gen)).sum().backward()
+    if rank_ == 1:
+        embed.weight.grad[40] = float("nan")
+    params = list(module.parameters())
+    expected = []
+    for param in params:
+        flat = torch.zeros_like(param) if param.grad is None else param.grad.clone()
+        torch.distributed.all_reduce(flat)
+        expected.append(flat.mul_(1.0 / WORLD))
+    row_sparse_mean(params, {id(embed.weight)})
+    for param, want in zip(params, expected):
+        torch.testing.assert_close(param.grad, want, rtol=0, atol=0, equal_nan=True)
+    touched = {1, 7, 12, 30, 40, 49}
+    assert all((embed.weight.grad[r] != 0).any() for r in touched)
+    assert (embed.weight.grad[[r for r in range(50) if r not in touched]] == 0).all()
 
 
 # (c) an empty local batch, mismatched ranks, and the metric / object collectives.

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from framework.parallel import install_grad_sync
 from framework.train.batching import BatchPlan
 from framework.train.config import EngineConfig, OptimConfig
 
@@ -214,4 +215,5 @@ def build_engine(module: nn.Module, optim: OptimConfig, plan: BatchPlan, ds_conf
     engine, _, _, scheduler = deepspeed.initialize(
         model=module, optimizer=client, config=ds_config,
         lr_scheduler=lambda wrapped: torch.optim.lr_scheduler.LambdaLR(wrapped, factor))
+    log.debug("gradient reduction: %s", install_grad_sync(engine))
     return BuiltEngine(engine, gate, scheduler)
