@@ -42,8 +42,9 @@ Known differences that remain (why the losses agree closely but not exactly):
     inference does). Affects the colbert, ensemble and distillation terms of padded passages.
   - Sparse score gradients: scatter_reduce('amax') splits a repeated token's gradient between equal
     maxima, FlagEmbedding's scatter+max gives it to one. The loss is the same; updates differ slightly.
-  - Optimiser: HF Trainer's default AdamW (torch, possibly fused) vs torch AdamW (foreach) inside
-    DeepSpeed ZeRO; float summation order differs (gradient all-reduce, loss reductions).
+  - Optimiser: torch's fused AdamW in both (HF Trainer's adamw_torch_fused; ours a client optimizer inside
+    DeepSpeed, framework/train/engine.py); float summation order differs (gradient all-reduce, loss
+    reductions).
   - Data: FlagEmbedding tokenises every step in its collator; ours reads pre-tokenised ids (same ids).
 From step 2 on the first two differences compound, so the curves drift apart slowly.
 
@@ -537,8 +538,8 @@ def print_demo_batch_note(start_dir: Path) -> None:
 
 def optimizer_probe(num_params: int, rounds: int = 3) -> dict[str, float]:
     """Seconds per AdamW step over one flat fp32 tensor of `num_params` (what ZeRO hands its optimizer), in
-    this process: torch's default on CPU (single-tensor: framework/train/engine.py asks for fused only with
-    CUDA) against fused=True (HF Trainer's default optim, adamw_torch_fused), alternating."""
+    this process: torch's default on CPU (single-tensor) against fused=True (what both arms use: HF
+    Trainer's adamw_torch_fused, and framework/train/engine.py), alternating."""
     import torch
 
     param = torch.nn.Parameter(torch.zeros(num_params))
@@ -619,8 +620,8 @@ def main(argv: list[str] | None = None) -> None:
             if model == "e5-small" and nproc == 1:
                 print_demo_batch_note(start)
                 probe = optimizer_probe(comparison_parameters(start))
-                say(f"  AdamW step over e5-small's parameters, 1 thread: torch single-tensor (ours on CPU) "
-                    f"{probe['single-tensor']:.2f} s, fused (FlagEmbedding's HF Trainer) {probe['fused']:.2f} s")
+                say(f"  AdamW step over e5-small's parameters, 1 thread: torch's CPU default (single-tensor) "
+                    f"{probe['single-tensor']:.2f} s, fused (both arms) {probe['fused']:.2f} s")
                 results[-1]["adamw_probe_s"] = probe
             if args.out:  # after every comparison: a run cut short keeps what it measured
                 args.out.parent.mkdir(parents=True, exist_ok=True)
