@@ -156,11 +156,12 @@ def main(argv: list[str] | None = None) -> dict:
     mode = resolve_mode(args)
     work = (args.work or REPO_ROOT / "runs" / f"quality-{mode.name}").resolve()
     work.mkdir(parents=True, exist_ok=True)
+    sparse_init = arms_lib.recipe_sparse_init()
     check_work_settings(work, {"test_cap": mode.test_cap, "train_rows": mode.train_rows, "steps": mode.steps,
                                "prefixes": not args.no_prefixes, "overrides": list(args.override),
-                               "model": str(args.model) if args.model else None})
+                               "model": str(args.model) if args.model else None, "sparse_init": sparse_init})
     say(f"mode {mode.name}, work folder {work}")
-    start = steps.start_model(work, args.model, say)
+    start = steps.start_model(work, args.model, say, sparse_init)
     test_dir, test_counts = steps.test_subset(work, args.ddtp, mode.test_cap)
     summary = {"meta": steps.meta(args, mode, work, test_counts, git_commit(), " ".join(["python -m bench.quality", *map(shlex.quote, sys.argv[1:])]))}
     steps.zero_shot(summary, start, test_dir, work, say)

@@ -12,7 +12,9 @@ pooling with prefixes, with --reference). Variants (VARIANTS below):
 
     lr<X>[-noprefix]        recipe (b)'s dense-only stage at lr X (with / without query:/passage: prefixes)
     m3-lr<X>[-adapt]        recipe (d)'s heads stage, then its unified stage (all heads, self-distillation)
-                            at lr X; "-adapt" puts a dense-only stage of the same length and rate first
+                            at lr X; "-adapt" puts a dense-only stage of the same length and rate first;
+                            "-lexinit" starts the sparse head as exact token overlap (ModelConfig.sparse_init:
+                            lexical) instead of random, with the start's zero-shot sparse row beside it
 
 Each step is cached under --work (a rerun continues); the table goes to --out with date and commit.
 """
@@ -33,7 +35,8 @@ from bench.quality_lib.evaluation import GROUPS, evaluate_m3, evaluate_reference
 from bench.quality_lib.report import GROUP_LABELS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-VARIANT = re.compile(r"^(?P<kind>lr|m3-lr)(?P<lr>[0-9.]+e-[0-9]+)(?P<adapt>-adapt)?(?P<noprefix>-noprefix)?$")
+VARIANT = re.compile(r"^(?P<kind>lr|m3-lr)(?P<lr>[0-9.]+e-[0-9]+)(?P<adapt>-adapt)?(?P<lexinit>-lexinit)?"
+                     r"(?P<noprefix>-noprefix)?$")
 
 
 @dataclass(frozen=True)
@@ -49,16 +52,19 @@ class Variant:
     """A dense-only stage before the M3 stages (only with 'm3-lr')."""
     prefixes: bool
     """query:/passage: prefixes in training and evaluation."""
+    sparse_init: str = "random"
+    """How the start's sparse head is drawn (ModelConfig.sparse_init; "-lexinit": lexical)."""
 
     @classmethod
     def parse(cls, name: str) -> "Variant":
         match = VARIANT.match(name)
         if match is None:
-            raise SystemExit(f"--variants {name!r}: write lr<X>[-noprefix] or m3-lr<X>[-adapt][-noprefix], "
-                             "e.g. lr3e-5, lr3e-5-noprefix, m3-lr2e-5-adapt")
-        if match["adapt"] and match["kind"] == "lr":
-            raise SystemExit(f"--variants {name!r}: -adapt belongs to an m3-lr<X> variant")
-        return cls(name, match["kind"], float(match["lr"]), bool(match["adapt"]), not match["noprefix"])
+            raise SystemExit(f"--variants {name!r}: write lr<X>[-noprefix] or m3-lr<X>[-adapt][-lexinit][-noprefix], "
+                             "e.g. lr3e-5, lr3e-5-noprefix, m3-lr2e-5-adapt, m3-lr2e-5-lexinit")
+        if (match["adapt"] or match["lexinit"]) and match["kind"] == "lr":
+            raise SystemExit(f"--variants {name!r}: -adapt and -lexinit belong to an m3-lr<X> variant")
+        return cls(name, match["kind"], float(match["lr"]), bool(match["adapt"]), not match["noprefix"],
+                   "lexical" if match["lexinit"] else "random")
 
     def chain(self) -> list[tuple[str, str, str]]:
         """(run key, recipe arm, stage) of its runs, like arms_lib.ARM_CHAINS."""
@@ -119,16 +125,21 @@ def main(argv: list[str] | None = None) -> None:
     cpu: dict[str, str] = {}
     for variant in variants:
         prefixes = Prefixes.me5() if variant.prefixes else Prefixes()
+        variant_start = steps.start_model(work, args.model, say, variant.sparse_init)
+        if variant.sparse_init != "random" and f"start ({variant.sparse_init} sparse init): sparse" not in rows:
+            zero_shot = evaluate_m3(variant_start, dev, work / "eval" / f"start-{variant.sparse_init}.json",
+                                    prefixes, ("sparse",))
+            rows[f"start ({variant.sparse_init} sparse init): sparse"] = group_means(zero_shot["per_task"])["sparse"]
         manifest = steps.train_shards(work, args.ddtp, start, args.train_rows, prefixes, say)
         say(f"variant {variant.name}: training")
-        export = train_variant(variant, start, work, manifest, args.steps)
+        export = train_variant(variant, variant_start, work, manifest, args.steps)
         results = evaluate_m3(export, dev, work / "eval" / f"{variant.name}.json", prefixes,
-                              ("dense",) if variant.kind == "lr" else ("dense", "sparse", "all"))
+                              ("dense",) if variant.kind == "lr" else ("dense", "sparse", "dense_sparse", "all"))
         means = group_means(results["per_task"])
         rows[f"{variant.name}: dense"] = means["dense"]
-        for mode in ("sparse", "all"):
+        for mode in ("sparse", "dense_sparse", "all"):
             if mode in means:
-                rows[f"{variant.name}: {mode}"] = means[mode]
+                rows[f"{variant.name}: {mode.replace('_', '+')}"] = means[mode]
         timings = [json.loads(p.read_text()) for key, _, _ in variant.chain()
                    if (p := work / "runs" / key / "timing.json").is_file()]
         cpu[f"{variant.name}: dense"] = (f"{sum(t['wall_s'] for t in timings) / 60:.1f} / "

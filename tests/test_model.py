@@ -96,3 +96,40 @@ def test_bert_family_encoder_works(tmp_path, tokenizer_dir):
     assert model.max_positions == 128  # BERT positions start at 0, XLM-R's at padding_idx + 1
     out = model(*_batch(tok, TEXTS[:2]))
     assert out.dense_BD.shape == (2, 32) and torch.isfinite(out.colbert_BLC).all()
+
+
+def test_lexical_sparse_init_scores_exact_token_overlap_and_still_learns(tiny_model_dir):
+    from framework.loss.scores import sparse_scores
+
+    weight = 0.2
+    model, tok = load_m3(tiny_model_dir, ModelConfig(path=str(tiny_model_dir), sparse_init="lexical",
+                                                     sparse_init_weight=weight))
+    ids_BL, mask_BL = _batch(tok, TEXTS)
+    out = model(ids_BL, mask_BL)
+    special = set(model.unused_ids.tolist())
+    for b in range(len(TEXTS)):
+        for pos in range(ids_BL.shape[1]):
+            real = bool(mask_BL[b, pos]) and int(ids_BL[b, pos]) not in special
+            assert float(out.sparse_BL[b, pos].detach()) == pytest.approx(weight if real else 0.0, abs=1e-7)
+    scores_QP = sparse_scores(out.sparse_BL, ids_BL, out.sparse_BL, ids_BL)
+    for q in range(len(TEXTS)):
+        for p in range(len(TEXTS)):
+            shared = ({int(i) for i, m in zip(ids_BL[q], mask_BL[q]) if m} - special) & \
+                     ({int(i) for i, m in zip(ids_BL[p], mask_BL[p]) if m} - special)
+            assert float(scores_QP[q, p]) == pytest.approx(weight ** 2 * len(shared), rel=1e-5)
+    scores_QP.diagonal().sum().backward()
+    assert model.sparse_linear.weight.grad.abs().sum() > 0  # a zero weight still learns
+
+
+def test_lexical_sparse_init_leaves_saved_heads_alone_and_refuses_bad_settings(tiny_model_dir, tmp_path):
+    from framework.model import save_m3
+
+    torch.manual_seed(0)
+    model, tok = load_m3(tiny_model_dir)
+    save_m3(model, tok, tmp_path / "m3")
+    again, _ = load_m3(tmp_path / "m3", ModelConfig(path=str(tmp_path / "m3"), sparse_init="lexical"))
+    assert torch.equal(again.sparse_linear.weight, model.sparse_linear.weight)
+    with pytest.raises(ValueError, match="sparse_init='uniform'"):
+        ModelConfig(sparse_init="uniform")
+    with pytest.raises(ValueError, match="sparse_init_weight=0"):
+        ModelConfig(sparse_init="lexical", sparse_init_weight=0)

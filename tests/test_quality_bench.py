@@ -175,6 +175,7 @@ def test_sweep_variants_name_their_stage_chain_and_refuse_unknown_names() -> Non
     adapted = Variant.parse("m3-lr2e-5-adapt")
     assert adapted.prefixes and [stage for _, _, stage in adapted.chain()] == ["warmup", "heads", "unified"]
     assert [arm for _, arm, _ in adapted.chain()] == ["dense", "m3", "m3"]
-    for bad in ("lr-fast", "lr2e-5-adapt"):
+    assert adapted.sparse_init == "random" and Variant.parse("m3-lr2e-5-lexinit").sparse_init == "lexical"
+    for bad in ("lr-fast", "lr2e-5-adapt", "lr2e-5-lexinit"):
         with pytest.raises(SystemExit, match="--variants"):
             Variant.parse(bad)

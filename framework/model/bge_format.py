@@ -63,6 +63,10 @@ def load_m3(model_dir: str | os.PathLike, cfg: ModelConfig | None = None,
     if states:
         model.colbert_linear.load_state_dict(states["colbert_linear"], strict=True)
         model.sparse_linear.load_state_dict(states["sparse_linear"], strict=True)
+    elif cfg.sparse_init == "lexical":
+        model.init_sparse_lexical(cfg.sparse_init_weight)
+        log.warning("%s has no head files: colbert_linear starts from random init, sparse_linear as exact "
+                    "lexical match (weight %g per token)", model_dir, cfg.sparse_init_weight)
     else:
         log.warning("%s has no head files: colbert_linear and sparse_linear start from random init", model_dir)
     return model.to(dtype or torch.float32), tokenizer

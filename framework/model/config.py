@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from framework.model.attention import ATTENTION_KINDS
 
@@ -20,6 +21,13 @@ class ModelConfig:
     """Produce multi-vector (ColBERT) embeddings colbert_linear(h[:, 1:])."""
     colbert_dim: int | None = None
     """Output size of colbert_linear when heads start fresh; None = hidden size (as BAAI/bge-m3)."""
+    sparse_init: Literal["random", "lexical"] = "random"
+    """How sparse_linear starts when the start directory has no head files. random: nn.Linear's default
+    (as FlagEmbedding); lexical: weight 0 and bias `sparse_init_weight`, so that every token of a text
+    weighs the same and the sparse score starts as exact token overlap, a lexical matcher that training
+    refines (M3Model.init_sparse_lexical). Ignored when the start carries sparse_linear.pt."""
+    sparse_init_weight: float = 0.2
+    """The token weight of sparse_init: lexical (a trained BAAI/bge-m3 gives most tokens 0.05-0.3)."""
     normalize: bool = True
     """L2-normalise dense and multi-vector outputs (the reference trains and infers normalised)."""
     gradient_checkpointing: bool = False
@@ -35,5 +43,9 @@ class ModelConfig:
             raise ValueError("ModelConfig: all heads are off; set at least one of dense/sparse/colbert to true")
         if self.colbert_dim is not None and self.colbert_dim <= 0:
             raise ValueError(f"ModelConfig.colbert_dim={self.colbert_dim}: use a positive size or null for hidden size")
+        if self.sparse_init not in ("random", "lexical"):
+            raise ValueError(f"ModelConfig.sparse_init={self.sparse_init!r}: use random or lexical")
+        if not self.sparse_init_weight > 0:
+            raise ValueError(f"ModelConfig.sparse_init_weight={self.sparse_init_weight}: use a positive token weight")
         if self.attention not in ATTENTION_KINDS:
             raise ValueError(f"ModelConfig.attention={self.attention!r}: use one of {', '.join(ATTENTION_KINDS)}")

@@ -62,6 +62,16 @@ class M3Model(nn.Module):
             log.warning("unpadded encoding cannot run %s: this model encodes padded batches", refusal)
         self.unpadded = cfg.unpad and refusal is None
 
+    def init_sparse_lexical(self, weight: float) -> None:
+        """sparse_linear -> weight 0, bias `weight`: every non-special token weighs `weight`, so the sparse
+        score of a pair is weight**2 x the number of distinct tokens they share (exact lexical match).
+        The weight's gradient is not zero (it is sum_t dL/dw_t h_t), so training learns from there which
+        tokens matter; a random start instead scores noise until it has learned (issue 12: 55 nDCG@10
+        after 20 steps on DDTP against BM25's 81)."""
+        with torch.no_grad():
+            self.sparse_linear.weight.zero_()
+            self.sparse_linear.bias.fill_(weight)
+
     @property
     def max_positions(self) -> int:
         """Longest input (in tokens, specials included) the position table supports."""
