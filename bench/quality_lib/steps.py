@@ -14,6 +14,8 @@ from .data import HELD_OUT, Prefixes, direction_files, write_subset
 from .evaluation import (M3_MODES, evaluate_m3, evaluate_reference, group_means,
                                           lexical_stats)
 
+# How the start's sparse head was drawn (ModelConfig.sparse_init), as the report names it.
+START_SPARSE = {"random": "random head", "lexical": "exact token overlap, untrained"}
 LEXICAL_TEXTS = 100  # test queries and as many documents for the sparse-head statistics
 
 
@@ -133,7 +135,7 @@ def train_arms(summary: dict, arms: list[str], seeds: tuple[int, ...], start: Pa
 
 def lexical(summary: dict, start: Path, test_dir: Path, work: Path, say) -> None:
     """Share of all-zero lexical vectors of the start and of every trained model with a sparse head."""
-    models = {"(a) start (random head)": (start, Prefixes())}
+    models = {f"(a) start ({START_SPARSE[summary['meta'].get('sparse_init', 'random')]})": (start, Prefixes())}
     for arm in ("no_kd", "m3"):
         for seed, export in (summary.get("exports") or {}).get(arm, {}).items():
             prefixes = train_prefixes(summary["meta"].get("train_prefixes", False))
