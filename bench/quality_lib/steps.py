@@ -14,8 +14,11 @@ from .data import HELD_OUT, Prefixes, direction_files, write_subset
 from .evaluation import (M3_MODES, evaluate_m3, evaluate_reference, group_means,
                                           lexical_stats)
 
-# How the start's sparse head was drawn (ModelConfig.sparse_init), as the report names it.
-START_SPARSE = {"random": "random head", "lexical": "exact token overlap, untrained"}
+# How the start's sparse head was drawn (ModelConfig.sparse_init), as the report names it:
+# (row label, the prose of the zero-shot section).
+START_SPARSE = {"random": ("random head", "a random token weighting"),
+                "lexical": ("exact token overlap, untrained",
+                            "exact token overlap (model.sparse_init: lexical, every token weighs the same)")}
 LEXICAL_TEXTS = 100  # test queries and as many documents for the sparse-head statistics
 
 
@@ -135,7 +138,7 @@ def train_arms(summary: dict, arms: list[str], seeds: tuple[int, ...], start: Pa
 
 def lexical(summary: dict, start: Path, test_dir: Path, work: Path, say) -> None:
     """Share of all-zero lexical vectors of the start and of every trained model with a sparse head."""
-    models = {f"(a) start ({START_SPARSE[summary['meta'].get('sparse_init', 'random')]})": (start, Prefixes())}
+    models = {f"(a) start ({START_SPARSE[summary['meta'].get('sparse_init', 'random')][0]})": (start, Prefixes())}
     for arm in ("no_kd", "m3"):
         for seed, export in (summary.get("exports") or {}).get(arm, {}).items():
             prefixes = train_prefixes(summary["meta"].get("train_prefixes", False))

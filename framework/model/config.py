@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from framework.model.attention import ATTENTION_KINDS
+
+SparseInit = Literal["random", "lexical"]
 
 
 @dataclass(frozen=True)
@@ -21,7 +23,7 @@ class ModelConfig:
     """Produce multi-vector (ColBERT) embeddings colbert_linear(h[:, 1:])."""
     colbert_dim: int | None = None
     """Output size of colbert_linear when heads start fresh; None = hidden size (as BAAI/bge-m3)."""
-    sparse_init: Literal["random", "lexical"] = "random"
+    sparse_init: SparseInit = "random"
     """How sparse_linear starts when the start directory has no head files. random: nn.Linear's default
     (as FlagEmbedding); lexical: weight 0 and bias `sparse_init_weight`, so that every token of a text
     weighs the same and the sparse score starts as exact token overlap, a lexical matcher that training
@@ -43,8 +45,8 @@ class ModelConfig:
             raise ValueError("ModelConfig: all heads are off; set at least one of dense/sparse/colbert to true")
         if self.colbert_dim is not None and self.colbert_dim <= 0:
             raise ValueError(f"ModelConfig.colbert_dim={self.colbert_dim}: use a positive size or null for hidden size")
-        if self.sparse_init not in ("random", "lexical"):
-            raise ValueError(f"ModelConfig.sparse_init={self.sparse_init!r}: use random or lexical")
+        if self.sparse_init not in get_args(SparseInit):
+            raise ValueError(f"ModelConfig.sparse_init={self.sparse_init!r}: use one of {', '.join(get_args(SparseInit))}")
         if not self.sparse_init_weight > 0:
             raise ValueError(f"ModelConfig.sparse_init_weight={self.sparse_init_weight}: use a positive token weight")
         if self.attention not in ATTENTION_KINDS:
