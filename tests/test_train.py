@@ -405,12 +405,16 @@ def test_curriculum_kill_and_resume_continues_identically(tmp_path, tiny_model_d
     nan_stage = dict(warmup, name="exploding", freeze=[], optim={"lr": 1e30, "warmup_steps": 0, "grad_clip": 0.0})
     exploding = run_config(tmp_path / "nan", tiny_model_dir, shards, stages=[nan_stage])
     skipping = run_config(tmp_path / "skip", tiny_model_dir, shards, stages=[dict(nan_stage, on_nonfinite="skip")])
-    killed = {stage: run_config(tmp_path / f"killed-{stage}", tiny_model_dir, shards, stages=stages)
+    # Each killed run waits at its stage's step 3 for the signal, so the kill lands after the step-2
+    # checkpoint and before the stage's last step however loaded the machine is.
+    killed = {stage: run_config(tmp_path / f"killed-{stage}", tiny_model_dir, shards, stages=stages,
+                                _observe={"hold_at": [stage, 3]})
               for stage in ("retromae", "warmup")}
     tags = {"retromae": _kill_at_checkpoint(killed["retromae"], tmp_path, "retromae"),
             "warmup": _kill_at_checkpoint(killed["warmup"], tmp_path, "warmup", signal.SIGUSR1)}
-    assert all(tag != f"step{steps:08d}" for tag in tags.values()), f"killed too late to test anything: {tags}"
-    _drive([whole, exploding, skipping, *killed.values()], tmp_path)
+    assert tags == {"retromae": "step00000002", "warmup": "step00000003"}, tags
+    resumes = [{k: v for k, v in cfg.items() if k != "_observe"} for cfg in killed.values()]
+    _drive([whole, exploding, skipping, *resumes], tmp_path)
     expected = losses(tmp_path / "whole")
     assert sorted(expected) == sorted((s, i) for s in ("retromae", "warmup") for i in range(1, steps + 1))
     assert len(set(expected.values())) > 4

@@ -14,7 +14,9 @@ gradients as a real overflow would.
 optimizer step, the step, its micro-batches' sample keys and torch's initial seed to
 <output_dir>/observed-rank<r>.jsonl, and with `preempt_at` the run receives the preemption notice during
 step k (as SIGUSR1 would set it), so it checkpoints there and stops; the driver then goes on with the next
-run instead of exiting.
+run instead of exiting. `"_observe": {"hold_at": [stage, k]}` makes the run wait at the start of that stage's
+step k until a real preemption signal arrives (or the test kills it): a test that signals the process from
+outside after a checkpoint then stops it at step k, whatever the machine's load.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import json
 import os
 import signal
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -98,6 +101,8 @@ def observed(spec: dict | None, output_dir: Path, watch):
             handle.write(json.dumps(row) + "\n")
         if step == spec.get("preempt_at"):
             watch.received = int(signal.SIGUSR1)  # what PreemptionWatch's handler sets on SLURM's notice
+        if [self.stage.name, step] == spec.get("hold_at"):
+            _wait_for_signal(watch)
         return original(self, batches, step)
 
     StageRun._forward_backward = forward_backward
@@ -106,6 +111,15 @@ def observed(spec: dict | None, output_dir: Path, watch):
     finally:
         StageRun._forward_backward = original
         watch.received = None
+
+
+def _wait_for_signal(watch, timeout_s: float = 300.0) -> None:
+    """Sleep until PreemptionWatch's handler has recorded a signal (a SIGKILL simply ends the process)."""
+    deadline = time.monotonic() + timeout_s
+    while watch.received is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"hold_at: no signal arrived within {timeout_s:.0f} s")
+        time.sleep(0.01)
 
 
 def main(spec_path: str) -> None:
@@ -133,7 +147,7 @@ def main(spec_path: str) -> None:
                     Trainer(cfg, tracker, evaluate=evaluate_stage, preemption=watch).train()
             except Preempted:
                 tracker.close("KILLED")
-                if observe is not None:
+                if observe is not None and "preempt_at" in observe:
                     continue  # stopped where the test asked: the next run goes on
                 shutdown()
                 sys.exit(PREEMPTED_EXIT)
