@@ -192,6 +192,50 @@ def test_tokens_per_rank_below_the_shards_bucket_names_the_field_and_the_smalles
         plan_batches(short, 2, manifest.length_edges, populated)
 
 
+def test_lr_groups_give_matched_parameters_their_own_rate(tiny_model_dir):
+    """optim.lr_groups: the first matching pattern sets a trained parameter's peak rate (frozen ones are in
+    no group), decay/no-decay stays split; after one AdamW step (|update| = lr with Adam's bias correction)
+    the heads moved 100x the encoder's step; a pattern matching only frozen parameters is refused."""
+    from framework.config import from_dict
+    from framework.model import load_m3
+    from framework.train.engine import adamw, freeze, logged_lrs, lr_factor, param_groups
+
+    model, _ = load_m3(tiny_model_dir)
+    freeze(model, [r"^encoder\.embeddings\."])
+    cfg = from_dict(OptimConfig, {"lr": 1e-5, "weight_decay": 0.0, "lr_groups": [
+        {"pattern": r"^sparse_linear\.", "lr": 1e-3}, {"pattern": r"_linear\.", "lr": 1e-4}]})
+    groups = param_groups(model, cfg)
+    named = {id(p): n for n, p in model.named_parameters()}
+    by_name = {named[id(p)]: (g["name"], g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    assert by_name["sparse_linear.weight"] == ("lr_groups[0]", 1e-3, 0.0)
+    assert by_name["colbert_linear.bias"][:2] == ("lr_groups[1]", 1e-4)
+    assert by_name["encoder.encoder.layer.0.attention.self.query.weight"][:2] == ("base", 1e-5)
+    assert not any(n.startswith("encoder.embeddings.") for n in by_name)
+    assert len(by_name) == sum(p.requires_grad for p in model.parameters())
+    assert [g["name"] for g in groups] == ["base", "base", "lr_groups[0]", "lr_groups[0]", "lr_groups[1]",
+                                           "lr_groups[1]"]
+
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = adamw(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor("constant", 0, 10))
+    for param in model.parameters():
+        if param.requires_grad:
+            param.grad = torch.ones_like(param)
+    optimizer.step()
+    moved = {n: float((p.detach() - before[n]).abs().max()) for n, p in model.named_parameters()}
+    assert moved["sparse_linear.weight"] == pytest.approx(1e-3, rel=1e-3)
+    assert moved["colbert_linear.weight"] == pytest.approx(1e-4, rel=1e-3)
+    assert moved["encoder.encoder.layer.0.output.dense.weight"] == pytest.approx(1e-5, rel=1e-3)
+    assert moved["encoder.embeddings.word_embeddings.weight"] == 0
+    assert logged_lrs(cfg, scheduler) == pytest.approx({"lr": 1e-5, "lr_group_0": 1e-3, "lr_group_1": 1e-4})
+
+    frozen_only = from_dict(OptimConfig, {"lr_groups": [{"pattern": r"word_embeddings", "lr": 1e-3}]})
+    with pytest.raises(ValueError, match=r"optim\.lr_groups\[0\]\.pattern 'word_embeddings' matches no trained"):
+        param_groups(model, frozen_only)
+    with pytest.raises(ValueError, match=r"optim\.lr_groups\[0\]\.pattern '\(' is not a regex"):
+        from_dict(OptimConfig, {"lr_groups": [{"pattern": "(", "lr": 1e-3}]})
+
+
 def test_update_gate_withholds_an_update_and_nothing_else():
     """Inside `withheld`, AdamW's step changes no parameter and no moment; LambdaLR's wrapper still reaches
     the gate; the optimizer keeps its type (DeepSpeed's ZeRO accepts only the classes it lists)."""
@@ -465,8 +509,11 @@ def test_two_ranks_zero_stages_mlflow_and_zero3_export(tmp_path, tiny_model_dir,
     stage = run_config(tmp_path, tiny_model_dir, shards)["stages"][0]
     # Matryoshka prefixes go through both gather layouts (truncated after the gather): equal losses too.
     stage.update(steps=3, loss={"matryoshka_dims": [32, 16, 8]})
+    # The heads at their own rate (optim.lr_groups: more AdamW groups) in every ZeRO stage: equal losses too.
     second = dict(stage, name="unified", loss={"preset": "reference", "self_distill_start_step": 1,
                                                "matryoshka_dims": [32, 8], "matryoshka_weights": [1.0, 0.5]},
+                  optim=dict(stage["optim"], lr_groups=[{"pattern": r"^model\.(sparse|colbert)_linear\.",
+                                                         "lr": 10 * stage["optim"]["lr"]}]),
                   evaluate={"benchmark": "ddtp-dev", "tasks": ["de", "de-en"], "max_queries": 8})
     # ZeRO-0 scores all rows on every rank (the reference's way, gradient rescaled); ZeRO-2/3 use local
     # rows with the passages' gradient all-reduced: the same gradients, so the same losses.
@@ -508,6 +555,9 @@ def _check_mlflow(uri: str) -> None:
                  "sparse_passage_flops", "sparse_query_weight"):
         assert name in unified.data.metrics, name
     assert len(client.get_metric_history(unified.info.run_id, "loss")) == 3
+    lrs = [(m.step, m.value) for m in client.get_metric_history(unified.info.run_id, "lr")]
+    head_lrs = dict((m.step, m.value) for m in client.get_metric_history(unified.info.run_id, "lr_group_0"))
+    assert len(lrs) == 3 and all(head_lrs[step] == pytest.approx(10 * lr) for step, lr in lrs), (lrs, head_lrs)
     artifacts = {a.path for a in client.list_artifacts(unified.info.run_id)}
     assert {"config", "model"} <= artifacts
     model_files = {Path(a.path).name for a in client.list_artifacts(unified.info.run_id, "model")}

@@ -90,6 +90,16 @@ class ChecksConfig:
 
 
 @dataclass(frozen=True)
+class LrGroup:
+    """Parameters trained at their own peak learning rate (same warm-up and decay as the stage's)."""
+
+    pattern: str
+    """Regex searched in parameter names, e.g. '^model\\.(sparse|colbert)_linear\\.' for the two heads."""
+    lr: float
+    """Peak learning rate of the parameters it matches (optim.lr stays the rest's)."""
+
+
+@dataclass(frozen=True)
 class OptimConfig:
     """AdamW and its learning-rate schedule."""
 
@@ -109,11 +119,22 @@ class OptimConfig:
     """Decay after warm-up: 'linear' (to 0, the reference's), 'cosine' or 'constant'."""
     grad_clip: float = 1.0
     """Gradient-norm clipping (0: off)."""
+    lr_groups: list[LrGroup] = field(default_factory=list)
+    """Parameters at their own peak rate: a parameter takes the first group whose pattern its name matches
+    (e.g. the fresh heads at 1e-3 while the encoder trains at 1e-5); a pattern that matches no trainable
+    parameter is an error when the engine is built."""
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
             raise ValueError(f"optim.lr={self.lr}: use a positive learning rate")
         check_choices(self, "optim")
+        for i, group in enumerate(self.lr_groups):
+            if group.lr <= 0:
+                raise ValueError(f"optim.lr_groups[{i}].lr={group.lr}: use a positive learning rate")
+            try:
+                re.compile(group.pattern)
+            except re.error as err:
+                raise ValueError(f"optim.lr_groups[{i}].pattern {group.pattern!r} is not a regex: {err}") from err
         if not 0 <= self.warmup_ratio < 1 or (self.warmup_steps is not None and self.warmup_steps < 0):
             raise ValueError("optim.warmup_ratio must lie in [0, 1) and optim.warmup_steps be >= 0")
 

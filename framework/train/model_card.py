@@ -124,7 +124,7 @@ class ModelCard:
     def _stages(self) -> str:
         header = ["#", "stage", "kind", "length", "lr", "group size", "max tokens (q/p)",
                   "objective (changes from the defaults: the reference loss)"]
-        rows = [[str(i), f"`{s.name}`", s.kind, s.length, f"{s.lr:g}", str(s.group_size),
+        rows = [[str(i), f"`{s.name}`", s.kind, s.length, _rates(s), str(s.group_size),
                  f"{s.max_lengths[0]}/{s.max_lengths[1]}",
                  ", ".join(f"{k}={v}" for k, v in s.objective.items()) or "defaults"]
                 for i, s in enumerate(self.stages, 1)]
@@ -259,3 +259,9 @@ def _evaluation(path: Path) -> tuple[dict | None, str | None]:
     if missing:
         return None, f"{path} lacks {missing}: not a results file of framework/evaluate"
     return results, None
+
+
+def _rates(stage: StageCard) -> str:
+    """The stage's peak rate, then each optim.lr_groups pattern with its own (a table cell: '|' escaped)."""
+    groups = (stage.settings.get("optim") or {}).get("lr_groups") or []
+    return f"{stage.lr:g}" + "".join(f"; `{g['pattern']}`".replace("|", "\\|") + f" {g['lr']:g}" for g in groups)

@@ -30,7 +30,8 @@ from framework.tracking import NullTracker
 from framework.train.batching import BatchPlan, plan_batches, samples_per_bucket
 from framework.train.checkpoint import Checkpoints, ResumePoint
 from framework.train.config import RunConfig
-from framework.train.engine import UpdateGate, build_engine, freeze, resolve_ds_config, resolve_precision, size_buckets
+from framework.train.engine import (UpdateGate, build_engine, freeze, logged_lrs, resolve_ds_config, resolve_precision,
+                                    size_buckets)
 from framework.train.evaluation import TrainingEvaluation
 from framework.train.meter import Meter, Window, loss_lines, progress_line
 from framework.train.objective import ObjectiveOutput
@@ -270,7 +271,7 @@ class StageRun:
     # ---- side effects -------------------------------------------------------------------------
     def _log(self, window: Window, since: int, elapsed_s: float, steps_here: int) -> None:
         step, metrics = self.counters.step, window.metrics
-        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        metrics.update(logged_lrs(self.stage.optim, self.scheduler))
         norm = self.engine.get_global_grad_norm()
         if norm is not None:
             metrics["grad_norm"] = float(norm)
