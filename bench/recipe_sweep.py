@@ -14,7 +14,11 @@ pooling with prefixes, with --reference). Variants (VARIANTS below):
     m3-lr<X>[-adapt]        recipe (d)'s heads stage, then its unified stage (all heads, self-distillation)
                             at lr X; "-adapt" puts a dense-only stage of the same length and rate first;
                             "-lexinit" starts the sparse head as exact token overlap (ModelConfig.sparse_init:
-                            lexical) instead of random, with the start's zero-shot sparse row beside it
+                            lexical) instead of random, with the start's zero-shot sparse row beside it;
+                            "-headlr<Y>" trains the sparse and multi-vector heads at Y in the unified stage
+                            (optim.lr_groups) while the encoder stays at X; "-nosd" trains the unified stage
+                            without self-distillation (recipe (c)'s loss), so X-nosd vs X is the SD lift;
+                            the heads stage does not depend on either and is shared with the plain variant
 
 Each step is cached under --work (a rerun continues); the table goes to --out with date and commit.
 """
@@ -36,7 +40,8 @@ from bench.quality_lib.report import GROUP_LABELS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VARIANT = re.compile(r"^(?P<kind>lr|m3-lr)(?P<lr>[0-9.]+e-[0-9]+)(?P<adapt>-adapt)?(?P<lexinit>-lexinit)?"
-                     r"(?P<noprefix>-noprefix)?$")
+                     r"(?P<headlr>-headlr[0-9.]+e-[0-9]+)?(?P<nosd>-nosd)?(?P<noprefix>-noprefix)?$")
+HEAD_PARAMETERS = r"^model\.(sparse|colbert)_linear\."  # what "-headlr<Y>" trains at Y
 
 
 @dataclass(frozen=True)
@@ -54,24 +59,31 @@ class Variant:
     """query:/passage: prefixes in training and evaluation."""
     sparse_init: str = "random"
     """How the start's sparse head is drawn (ModelConfig.sparse_init; "-lexinit": lexical)."""
+    head_lr: float | None = None
+    """Peak rate of the two heads in the unified stage ("-headlr<Y>"; None: the encoder's)."""
+    self_distill: bool = True
+    """Self-distillation in the unified stage ("-nosd": off)."""
 
     @classmethod
     def parse(cls, name: str) -> "Variant":
         match = VARIANT.match(name)
         if match is None:
-            raise SystemExit(f"--variants {name!r}: write lr<X>[-noprefix] or m3-lr<X>[-adapt][-lexinit][-noprefix], "
-                             "e.g. lr3e-5, lr3e-5-noprefix, m3-lr2e-5-adapt, m3-lr2e-5-lexinit")
-        if (match["adapt"] or match["lexinit"]) and match["kind"] == "lr":
-            raise SystemExit(f"--variants {name!r}: -adapt and -lexinit belong to an m3-lr<X> variant")
+            raise SystemExit(f"--variants {name!r}: write lr<X>[-noprefix] or "
+                             "m3-lr<X>[-adapt][-lexinit][-headlr<Y>][-nosd][-noprefix], e.g. lr3e-5, "
+                             "lr3e-5-noprefix, m3-lr2e-5-adapt, m3-lr2e-5-lexinit-headlr1e-3-nosd")
+        if any(match[k] for k in ("adapt", "lexinit", "headlr", "nosd")) and match["kind"] == "lr":
+            raise SystemExit(f"--variants {name!r}: -adapt, -lexinit, -headlr and -nosd belong to an m3-lr<X> variant")
         return cls(name, match["kind"], float(match["lr"]), bool(match["adapt"]), not match["noprefix"],
-                   "lexical" if match["lexinit"] else "random")
+                   "lexical" if match["lexinit"] else "random",
+                   float(match["headlr"][len("-headlr"):]) if match["headlr"] else None, not match["nosd"])
 
     def chain(self) -> list[tuple[str, str, str]]:
         """(run key, recipe arm, stage) of its runs, like arms_lib.ARM_CHAINS."""
         if self.kind == "lr":
             return [(self.name, "dense", "warmup")]
-        adapt = [(f"{self.name}-adapt", "dense", "warmup")] if self.adapt else []
-        return [*adapt, (f"{self.name}-heads", "m3", "heads"), (self.name, "m3", "unified")]
+        shared = re.sub(r"-headlr[0-9.]+e-[0-9]+|-nosd", "", self.name)  # the stages before unified
+        adapt = [(f"{shared}-adapt", "dense", "warmup")] if self.adapt else []
+        return [*adapt, (f"{shared}-heads", "m3", "heads"), (self.name, "m3", "unified")]
 
 
 def train_variant(variant: Variant, start: Path, work: Path, manifest: Path, steps_per_stage: int) -> Path:
@@ -80,8 +92,13 @@ def train_variant(variant: Variant, start: Path, work: Path, manifest: Path, ste
     model = start
     for key, recipe_arm, stage in variant.chain():
         config = arms_lib.stage_config(recipe_arm, stage, model, work / "runs" / key, 0, settings)
+        picked = config["stages"][0]
         if stage != "heads":  # the heads stage trains fresh heads on a frozen encoder at its own rate
-            config["stages"][0]["optim"] = dict(config["stages"][0]["optim"], lr=variant.lr)
+            picked["optim"] = dict(picked["optim"], lr=variant.lr)
+        if stage == "unified" and variant.head_lr is not None:
+            picked["optim"]["lr_groups"] = [{"pattern": HEAD_PARAMETERS, "lr": variant.head_lr}]
+        if stage == "unified" and not variant.self_distill:
+            picked["loss"] = dict(picked["loss"], use_self_distill=False)
         model = arms_lib.train_stage(config, (), 1, say)
     return model
 

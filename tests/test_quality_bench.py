@@ -176,7 +176,13 @@ def test_sweep_variants_name_their_stage_chain_and_refuse_unknown_names() -> Non
     assert adapted.prefixes and [stage for _, _, stage in adapted.chain()] == ["warmup", "heads", "unified"]
     assert [arm for _, arm, _ in adapted.chain()] == ["dense", "m3", "m3"]
     assert adapted.sparse_init == "random" and Variant.parse("m3-lr2e-5-lexinit").sparse_init == "lexical"
-    for bad in ("lr-fast", "lr2e-5-adapt", "lr2e-5-lexinit"):
+    assert (adapted.head_lr, adapted.self_distill) == (None, True)
+    heads_fast = Variant.parse("m3-lr2e-5-lexinit-headlr1e-3-nosd")
+    assert (heads_fast.lr, heads_fast.head_lr, heads_fast.self_distill) == (2e-5, 1e-3, False)
+    # Only the unified stage depends on -headlr/-nosd: the heads stage is the plain variant's (cached once).
+    assert heads_fast.chain() == [("m3-lr2e-5-lexinit-heads", "m3", "heads"),
+                                  ("m3-lr2e-5-lexinit-headlr1e-3-nosd", "m3", "unified")]
+    for bad in ("lr-fast", "lr2e-5-adapt", "lr2e-5-lexinit", "lr2e-5-nosd", "m3-lr2e-5-nosd-headlr1e-3"):
         with pytest.raises(SystemExit, match="--variants"):
             Variant.parse(bad)
 
