@@ -199,6 +199,7 @@ def test_lr_groups_give_matched_parameters_their_own_rate(tiny_model_dir):
     from framework.config import from_dict
     from framework.model import load_m3
     from framework.train.engine import adamw, freeze, logged_lrs, lr_factor, param_groups
+    from framework.train.meter import progress_line
 
     model, _ = load_m3(tiny_model_dir)
     freeze(model, [r"^encoder\.embeddings\."])
@@ -228,6 +229,7 @@ def test_lr_groups_give_matched_parameters_their_own_rate(tiny_model_dir):
     assert moved["encoder.encoder.layer.0.output.dense.weight"] == pytest.approx(1e-5, rel=1e-3)
     assert moved["encoder.embeddings.word_embeddings.weight"] == 0
     assert logged_lrs(cfg, scheduler) == pytest.approx({"lr": 1e-5, "lr_group_0": 1e-3, "lr_group_1": 1e-4})
+    assert " lr=1.00e-05/1.00e-03/1.00e-04 | " in progress_line("u", 1, 2, logged_lrs(cfg, scheduler), 1.0, 1)
 
     frozen_only = from_dict(OptimConfig, {"lr_groups": [{"pattern": r"word_embeddings", "lr": 1e-3}]})
     with pytest.raises(ValueError, match=r"optim\.lr_groups\[0\]\.pattern 'word_embeddings' matches no trained"):

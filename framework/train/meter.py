@@ -123,12 +123,14 @@ class Meter:
 
 def progress_line(stage: str, step: int, total: int, metrics: dict[str, float], elapsed_s: float,
                   steps_done_here: int) -> str:
-    """`[stage] step 120/1000 loss=1.234 dense=... | 1,234 tok/s 35.0 samples/s | eta 0:12:30`."""
+    """`[stage] step 120/1000 loss=1.234 dense=... lr=1.00e-05 | 1,234 tok/s 35.0 samples/s | eta 0:12:30`
+    (lr=1.00e-05/1.00e-03 with optim.lr_groups: each group's rate after the stage's)."""
     losses = " ".join(f"{k.removesuffix('_loss')}={v:.4f}" for k, v in metrics.items() if k.endswith("loss"))
     rate = steps_done_here / max(elapsed_s, 1e-9)
     eta = (total - step) / rate if rate > 0 else float("nan")
     eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta == eta else "?"
-    return (f"[{stage}] step {step}/{total} {losses} lr={metrics.get('lr', 0):.2e} | "
+    groups = "".join(f"/{metrics[f'lr_group_{i}']:.2e}" for i in range(len(metrics)) if f"lr_group_{i}" in metrics)
+    return (f"[{stage}] step {step}/{total} {losses} lr={metrics.get('lr', 0):.2e}{groups} | "
             f"{metrics.get('tokens_per_s', 0):,.0f} tok/s {metrics.get('samples_per_s', 0):.1f} samples/s "
             f"pad-eff {metrics.get('padding_efficiency', 0):.2f} | eta {eta_text}")
 
