@@ -95,8 +95,9 @@ def train_variant(variant: Variant, start: Path, work: Path, manifest: Path, ste
         picked = config["stages"][0]
         if stage != "heads":  # the heads stage trains fresh heads on a frozen encoder at its own rate
             picked["optim"] = dict(picked["optim"], lr=variant.lr)
-        if stage == "unified" and variant.head_lr is not None:
-            picked["optim"]["lr_groups"] = [{"pattern": HEAD_PARAMETERS, "lr": variant.head_lr}]
+        if stage == "unified":  # the variant's name says the heads' rate, whatever the recipe's is
+            picked["optim"]["lr_groups"] = ([] if variant.head_lr is None
+                                            else [{"pattern": HEAD_PARAMETERS, "lr": variant.head_lr}])
         if stage == "unified" and not variant.self_distill:
             picked["loss"] = dict(picked["loss"], use_self_distill=False)
         model = arms_lib.train_stage(config, (), 1, say)
