@@ -130,13 +130,20 @@ def test_every_stage_is_checked_before_the_first_trains(tmp_path, tiny_model_dir
     first = raw["stages"][0]
     second = dict(first, name="unified", data=dict(first["data"], manifest=str(tmp_path / "typo" / "manifest.json")),
                   evaluate={"benchmark": str(tmp_path / "no-such-benchmark")})
-    third = dict(first, name="finetune", data=dict(first["data"], buckets={"tokens_per_rank": 8}))
+    # Parameter patterns are checked against the objective's names (from config.json, nothing loaded): a
+    # freeze typo, and a rate group written without the objective's "model." prefix.
+    third = dict(first, name="finetune", data=dict(first["data"], buckets={"tokens_per_rank": 8}),
+                 freeze=[r"^model\.encodr\."], optim=dict(first["optim"], lr_groups=[{"pattern": r"^sparse_linear\.",
+                                                                                     "lr": 1e-3}]))
     raw["stages"] = [first, second, third]
     raw["engine"] = {"deepspeed_config": str(tmp_path / "zero9.json")}
     with pytest.raises(PreflightError) as caught:
         check_run(from_dict(RunConfig, raw), done={}, point=None, world=1)
     message = str(caught.value)
-    assert message.startswith("4 problems before training")
+    assert message.startswith("6 problems before training"), message
+    assert "stages.finetune.freeze pattern '^model\\\\.encodr\\\\.' matches no parameter" in message
+    assert "stages.finetune.optim.lr_groups[0].pattern '^sparse_linear\\\\.' matches no trained parameter" in message
+    assert "'model.encoder.embeddings.word_embeddings.weight'" in message  # the names it could have matched
     assert "stages.unified.data.manifest" in message and "typo" in message
     assert "stages.unified.evaluate.benchmark" in message
     assert "stages.finetune.data.buckets" in message

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from framework.model.config import ModelConfig
 from framework.model.m3 import M3Model, special_token_ids
@@ -70,6 +70,16 @@ def load_m3(model_dir: str | os.PathLike, cfg: ModelConfig | None = None,
     else:
         log.warning("%s has no head files: colbert_linear and sparse_linear start from random init", model_dir)
     return model.to(dtype or torch.float32), tokenizer
+
+
+def m3_parameter_names(model_dir: str | os.PathLike) -> list[str]:
+    """The parameter names of the M3Model that load_m3 builds from `model_dir`, from its config.json alone
+    (built on the meta device: no weights read, no memory)."""
+    config = AutoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        encoder = AutoModel.from_config(config, add_pooling_layer=False)
+        model = M3Model(encoder, [0], ModelConfig(path=str(model_dir), unpad=False))
+    return [name for name, _ in model.named_parameters()]
 
 
 def save_m3(model: M3Model, tokenizer, out_dir: str | os.PathLike,

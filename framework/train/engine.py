@@ -28,7 +28,7 @@ from torch import nn
 
 from framework.parallel import install_grad_sync
 from framework.train.batching import BatchPlan
-from framework.train.config import EngineConfig, OptimConfig
+from framework.train.config import EngineConfig, LrGroup, OptimConfig
 
 log = logging.getLogger(__name__)
 
@@ -106,21 +106,35 @@ def _refuse_auto(node, where: str) -> None:
                          "accumulation, clipping and precision)")
 
 
+def pattern_problems(freeze_patterns: list[str], lr_groups: list[LrGroup], names: list[str]) -> list[str]:
+    """What is wrong with a stage's parameter patterns against its objective's parameter `names`: a freeze
+    pattern that matches nothing, freezing everything, an optim.lr_groups pattern that matches no trained
+    parameter. The engine raises the first when it builds; the preflight lists them all before any stage."""
+    problems, frozen = [], set()
+    for pattern in freeze_patterns:
+        matched = [name for name in names if re.search(pattern, name)]
+        if not matched:
+            problems.append(f"freeze pattern {pattern!r} matches no parameter; names look like {names[:5]}")
+        frozen.update(matched)
+    if names and frozen >= set(names):
+        problems.append(f"freeze patterns {freeze_patterns} freeze every parameter; nothing would train")
+    trained = [name for name in names if name not in frozen]
+    for i, group in enumerate(lr_groups):
+        if not any(re.search(group.pattern, name) for name in trained):
+            problems.append(f"optim.lr_groups[{i}].pattern {group.pattern!r} matches no trained parameter (frozen "
+                            f"ones do not count); trained names look like {trained[:5]}")
+    return problems
+
+
 def freeze(module: nn.Module, patterns: list[str]) -> list[str]:
     """Set requires_grad=False on parameters whose name matches a pattern; returns the frozen names."""
-    frozen = []
-    for pattern in patterns:
-        regex = re.compile(pattern)
-        matched = [name for name, _ in module.named_parameters() if regex.search(name)]
-        if not matched:
-            sample = [name for name, _ in module.named_parameters()][:5]
-            raise ValueError(f"freeze pattern {pattern!r} matches no parameter; names look like {sample}")
-        frozen.extend(matched)
-    frozen_set = set(frozen)
+    names = [name for name, _ in module.named_parameters()]
+    problems = pattern_problems(patterns, [], names)
+    if problems:
+        raise ValueError(problems[0])
+    frozen_set = {name for name in names if any(re.search(pattern, name) for pattern in patterns)}
     for name, param in module.named_parameters():
         param.requires_grad_(name not in frozen_set)
-    if all(not p.requires_grad for p in module.parameters()):
-        raise ValueError(f"freeze patterns {patterns} freeze every parameter; nothing would train")
     return sorted(frozen_set)
 
 
@@ -171,20 +185,14 @@ def param_groups(module: nn.Module, cfg: OptimConfig) -> list[dict]:
     carries its "name" ('base' or 'lr_groups[i]') for the logs."""
     rates = [("base", cfg.lr, None), *((f"lr_groups[{i}]", g.lr, re.compile(g.pattern))
                                         for i, g in enumerate(cfg.lr_groups))]
+    trained = [(name, param) for name, param in module.named_parameters() if param.requires_grad]
+    problems = pattern_problems([], cfg.lr_groups, [name for name, _ in trained])
+    if problems:
+        raise ValueError(problems[0])
     members: dict[tuple[int, bool], list[nn.Parameter]] = {}
-    matched = [0] * len(cfg.lr_groups)
-    for name, param in module.named_parameters():
-        if not param.requires_grad:
-            continue
+    for name, param in trained:
         rate = next((i + 1 for i, (_, _, regex) in enumerate(rates[1:]) if regex.search(name)), 0)
-        if rate:
-            matched[rate - 1] += 1
         members.setdefault((rate, bool(NO_DECAY.search(name))), []).append(param)
-    for i, count in enumerate(matched):
-        if count == 0:
-            sample = [name for name, p in module.named_parameters() if p.requires_grad][:5]
-            raise ValueError(f"optim.lr_groups[{i}].pattern {cfg.lr_groups[i].pattern!r} matches no trained "
-                             f"parameter (frozen ones do not count); trained names look like {sample}")
     return [{"params": members[(rate, no_decay)], "lr": rates[rate][1], "name": rates[rate][0],
              "weight_decay": 0.0 if no_decay else cfg.weight_decay}
             for rate in range(len(rates)) for no_decay in (False, True) if (rate, no_decay) in members]

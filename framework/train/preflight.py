@@ -3,8 +3,10 @@ stages 1 and 2 trained. All problems come in one PreflightError, numbered.
 
     start model   model.path (or the export of the last finished stage) exists
     per stage     its manifest loads (shards exist), its sources exist, its batch table fits the manifest's
-                  buckets at this world size, the DeepSpeed config resolves, its benchmark exists, and a
-                  contrastive stage's data.source_rules ask for the prompts its shards were made with
+                  buckets at this world size, the DeepSpeed config resolves, its benchmark exists, a
+                  contrastive stage's data.source_rules ask for the prompts its shards were made with, and
+                  its freeze and optim.lr_groups patterns match parameters of its objective (from the
+                  start's config.json; a kind whose names need the built objective is checked at its build)
     tokenizer     the manifest's tokenizer is the model's: the sha256 the shard writer recorded
                   (framework/data/manifest.py: tokenizer_identity) against the model's tokenizer file, then,
                   when only the bytes differ, the two vocabularies; pre-tokenised shards of another
@@ -29,7 +31,8 @@ from framework.train.attempts import breaking_changes, config_changes, plain, pr
 from framework.train.batching import plan_batches
 from framework.train.checkpoint import ResumePoint
 from framework.train.config import RunConfig, StageConfig
-from framework.train.engine import resolve_ds_config, resolve_precision
+from framework.train.engine import pattern_problems, resolve_ds_config, resolve_precision
+from framework.train.tasks import task_class
 from framework.train.reshape import unrecorded_worker_change, world_change, world_change_problems
 
 log = logging.getLogger(__name__)
@@ -95,6 +98,7 @@ def _check_stage(cfg: RunConfig, stage: StageConfig, world: int, model_dirs: lis
                         f"{sorted(manifest.samples_by_source())})")
     if model_dirs:
         problems += _tokenizer_problems(cfg, stage, manifest, model_dirs)
+        problems += _pattern_problems(stage, model_dirs[0])
     if stage.kind == "contrastive":  # pair shards: the stage's prompts must be the ones they were made with
         try:
             stage_prompts(stage.data.source_rules, stage.data.manifest, stage.data.sources)
@@ -107,6 +111,28 @@ def _check_stage(cfg: RunConfig, stage: StageConfig, world: int, model_dirs: lis
     except ValueError as err:
         problems.append(str(err))
     return problems
+
+
+def _pattern_problems(stage: StageConfig, start: Path) -> list[str]:
+    """The stage's freeze and optim.lr_groups patterns against its objective's parameter names (the first
+    unfinished stage's start stands for every stage's: each export keeps its start's architecture)."""
+    if not (stage.freeze or stage.optim.lr_groups):
+        return []
+    names = _parameter_names(stage.kind, start)
+    if names is None:
+        return []
+    return [f"stages.{stage.name}.{problem}"
+            for problem in pattern_problems(stage.freeze, stage.optim.lr_groups, list(names))]
+
+
+@lru_cache(maxsize=8)
+def _parameter_names(kind: str, start: Path) -> tuple[str, ...] | None:
+    try:
+        names = task_class(kind).parameter_names(start)
+    except (OSError, ValueError) as err:  # an unreadable config.json is reported by the stage build
+        log.debug("parameter names of %s unknown before the build: %s", start, err)
+        return None
+    return None if names is None else tuple(names)
 
 
 def _tokenizer_problems(cfg: RunConfig, stage: StageConfig, manifest: Manifest, model_dirs: list[Path]) -> list[str]:

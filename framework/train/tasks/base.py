@@ -10,6 +10,8 @@ else that is kind-specific):
     check       cross-section checks against the stage and the run, at config load (before any process
                 starts: no model, no data)
     check_plan  checks that need the world size, when framework/train/batching.py derives the plan
+    parameter_names  the objective's parameter names from the start's config alone, for the preflight's
+                check of freeze and optim.lr_groups patterns (None: the engine checks them when it builds)
     __init__    builds `objective` (model + loss, the nn.Module DeepSpeed wraps) and `tokenizer`
     stream      its stream over a manifest, for the resumable loader
     after_engine  whatever the kind needs once DeepSpeed wrapped the objective (ZeRO-3 registrations)
@@ -65,6 +67,13 @@ class StageTask(ABC):
     @classmethod
     def check_plan(cls, stage: StageConfig, micro_per_rank: dict[int, int], world_size: int) -> None:
         """ValueError when the stage cannot train at this world size (per-rank micro-batches given)."""
+
+    @classmethod
+    def parameter_names(cls, start_dir: Path) -> list[str] | None:
+        """The names of `objective`'s parameters for a stage starting from `start_dir`, without loading
+        weights (the preflight checks freeze and optim.lr_groups patterns against them); None: known only
+        once the objective is built (the engine checks them then)."""
+        return None
 
     @abstractmethod
     def stream(self, manifest: str | Path, cfg: StreamConfig, rank: int, world_size: int,

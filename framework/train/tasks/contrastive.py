@@ -17,7 +17,7 @@ from framework.data.sources import export_prompts, stage_prompts
 from framework.data.stream import PairStream
 from framework.heads import HEADS
 from framework.loss import all_zero_warnings, check_matryoshka_dims
-from framework.model import load_m3
+from framework.model import load_m3, m3_parameter_names
 from framework.train.export import export_bge_m3
 from framework.train.objective import M3Objective, ObjectiveOutput
 from framework.train.tasks.base import StageTask
@@ -63,6 +63,10 @@ class ContrastiveTask(StageTask):
         if stage.data.group_size == 1 and min(micro_per_rank.values()) * seen < 2:
             raise ValueError(f"stages.{stage.name}: group size 1 with one query per step has no negative at all "
                              "(the loss is 0); raise the batch size or the group size")
+
+    @classmethod
+    def parameter_names(cls, start_dir: Path) -> list[str]:
+        return [f"model.{name}" for name in m3_parameter_names(start_dir)]  # M3Objective.model
 
     def __init__(self, run: RunConfig, stage: StageConfig, start_dir: Path):
         self.stage = stage
