@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.quality import MODES, git_commit, say
+from bench.quality import MODES, check_work_settings, git_commit, say
 from bench.quality_lib import arms as arms_lib
 from bench.quality_lib import steps
 from bench.quality_lib.data import Prefixes, write_subset
@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     variants = [Variant.parse(name) for name in args.variants]
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
+    # Runs and evaluations are cached by variant name: a folder made with other sizes is refused.
+    check_work_settings(work, {"steps": args.steps, "train_rows": args.train_rows, "dev_cap": args.dev_cap,
+                               "model": str(args.model) if args.model else None})
     began = time.monotonic()
     start = steps.start_model(work, args.model, say)
     dev = work / "data" / f"dev-cap{args.dev_cap}"
