@@ -95,11 +95,10 @@ def train_variant(variant: Variant, start: Path, work: Path, manifest: Path, ste
         picked = config["stages"][0]
         if stage != "heads":  # the heads stage trains fresh heads on a frozen encoder at its own rate
             picked["optim"] = dict(picked["optim"], lr=variant.lr)
-        if stage == "unified":  # the variant's name says the heads' rate, whatever the recipe's is
+        if stage == "unified":  # the variant's name says the heads' rate and the loss, whatever the recipe's are
             picked["optim"]["lr_groups"] = ([] if variant.head_lr is None
                                             else [{"pattern": HEAD_PARAMETERS, "lr": variant.head_lr}])
-        if stage == "unified" and not variant.self_distill:
-            picked["loss"] = dict(picked["loss"], use_self_distill=False)
+            picked["loss"] = dict(picked["loss"], use_self_distill=variant.self_distill)
         model = arms_lib.train_stage(config, (), 1, say)
     return model
 

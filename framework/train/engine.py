@@ -182,7 +182,7 @@ class BuiltEngine(NamedTuple):
 def param_groups(module: nn.Module, cfg: OptimConfig) -> list[dict]:
     """The trainable parameters in AdamW groups: per learning rate (optim.lr, then each of optim.lr_groups),
     with and without weight decay (none on biases and norm weights); empty groups left out. Each group
-    carries its "name" ('base' or 'lr_groups[i]') for the logs."""
+    carries its "name" ('base' or 'lr_groups[i]'), so optimizer.param_groups says which rate it is."""
     rates = [("base", cfg.lr, None), *((f"lr_groups[{i}]", g.lr, re.compile(g.pattern))
                                         for i, g in enumerate(cfg.lr_groups))]
     trained = [(name, param) for name, param in module.named_parameters() if param.requires_grad]

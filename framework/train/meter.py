@@ -129,7 +129,7 @@ def progress_line(stage: str, step: int, total: int, metrics: dict[str, float], 
     rate = steps_done_here / max(elapsed_s, 1e-9)
     eta = (total - step) / rate if rate > 0 else float("nan")
     eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta == eta else "?"
-    groups = "".join(f"/{metrics[f'lr_group_{i}']:.2e}" for i in range(len(metrics)) if f"lr_group_{i}" in metrics)
+    groups = "".join(f"/{v:.2e}" for k, v in metrics.items() if k.startswith("lr_group_"))  # in logged_lrs' order
     return (f"[{stage}] step {step}/{total} {losses} lr={metrics.get('lr', 0):.2e}{groups} | "
             f"{metrics.get('tokens_per_s', 0):,.0f} tok/s {metrics.get('samples_per_s', 0):.1f} samples/s "
             f"pad-eff {metrics.get('padding_efficiency', 0):.2f} | eta {eta_text}")

@@ -32,8 +32,8 @@ from framework.train.batching import plan_batches
 from framework.train.checkpoint import ResumePoint
 from framework.train.config import RunConfig, StageConfig
 from framework.train.engine import pattern_problems, resolve_ds_config, resolve_precision
-from framework.train.tasks import task_class
 from framework.train.reshape import unrecorded_worker_change, world_change, world_change_problems
+from framework.train.tasks import task_class
 
 log = logging.getLogger(__name__)
 
