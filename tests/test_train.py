@@ -46,7 +46,7 @@ def shards(tokenizer_dir: Path, tmp_path_factory) -> Path:
 
 def _env() -> dict:
     return dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", TOKENIZERS_PARALLELISM="false",
-                PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
+                PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
 
 
 def _drive(specs: list[dict], tmp_path: Path, nproc: int = 1, timeout: int = 600) -> str:
@@ -415,8 +415,10 @@ def _kill_at_checkpoint(config: dict, tmp_path: Path, stage: str, sig: int = sig
     SIGUSR1 is SLURM's preemption notice: the run must checkpoint at the next step and exit 75."""
     spec = tmp_path / f"{Path(config['output_dir']).name}.json"
     spec.write_text(json.dumps([config]))
-    proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "tests" / "train_scenarios.py"), str(spec)],
-                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log_path = tmp_path / f"{Path(config['output_dir']).name}.log"
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "tests" / "train_scenarios.py"), str(spec)],
+                                env=_env(), stdout=log_file, stderr=subprocess.STDOUT)
     latest = Path(config["output_dir"]) / "checkpoints" / "latest.json"
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
@@ -425,7 +427,7 @@ def _kill_at_checkpoint(config: dict, tmp_path: Path, stage: str, sig: int = sig
         time.sleep(0.05)
     proc.send_signal(sig)
     code = proc.wait(timeout=300)
-    assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 75), code
+    assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 75), (code, log_path.read_text()[-4000:])
     point = json.loads(latest.read_text())
     assert point["stage"] == stage, f"the run ended before {stage} wrote a checkpoint"
     return point["tag"]

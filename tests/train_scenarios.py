@@ -135,7 +135,7 @@ def main(spec_path: str) -> None:
 
     # A rank left waiting in a collective fails after this long instead of the 30-minute default.
     init_distributed(timeout_s=float(os.environ.get("M3_TEST_PG_TIMEOUT_S", "300")))
-    watch = PreemptionWatch()
+    watch, preempted = PreemptionWatch(), False
     try:
         for raw in json.loads(Path(spec_path).read_text()):
             poison, observe = raw.pop("_poison", None), raw.pop("_observe", None)
@@ -147,10 +147,10 @@ def main(spec_path: str) -> None:
                     Trainer(cfg, tracker, evaluate=evaluate_stage, preemption=watch).train()
             except Preempted:
                 tracker.close("KILLED")
-                if observe is not None and "preempt_at" in observe:
-                    continue  # stopped where the test asked: the next run goes on
-                shutdown()
-                sys.exit(PREEMPTED_EXIT)
+                if observe is None or "preempt_at" not in observe:
+                    preempted = True  # exit as the entry point does, once the run's objects are gone
+                    break
+                # else: stopped where the test asked; the next run goes on
             except Exception as err:  # recorded for the test to check; the next run still goes
                 if is_main():
                     (Path(cfg.output_dir) / "error.txt").write_text(f"{type(err).__name__}: {err}")
@@ -158,6 +158,8 @@ def main(spec_path: str) -> None:
                 tracker.close()
     finally:
         shutdown()
+    if preempted:
+        sys.exit(PREEMPTED_EXIT)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ the same environment variables) runs everywhere. Every helper also works before 
 """
 from __future__ import annotations
 
+import gc
 import os
 import zlib
 from collections.abc import Mapping
@@ -51,7 +52,14 @@ def init_distributed(env: DistEnv | None = None, backend: str | None = None,
 
 
 def shutdown() -> None:
-    """Leave the process group (a no-op when none exists)."""
+    """Free what the run left in reference cycles (engines, tensors, in-flight collectives), then leave
+    the process group (a no-op when none exists).
+
+    Both happen while the interpreter is fully alive: a tensor whose last reference is dropped by a gloo
+    or autograd thread during interpreter finalisation can abort the process (SIGABRT) instead of letting
+    it exit with its status (pytorch/pytorch#190489), which a preempted run's exit 75 must survive.
+    """
+    gc.collect()
     if dist.is_initialized():
         dist.destroy_process_group()
 
