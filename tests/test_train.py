@@ -413,9 +413,9 @@ def text_shards(tokenizer_dir: Path, tmp_path_factory) -> Path:
 def _kill_at_checkpoint(config: dict, tmp_path: Path, stage: str, sig: int = signal.SIGKILL) -> str:
     """Start a run, send `sig` as soon as `stage` has a complete checkpoint; returns the tag it stopped at.
     SIGUSR1 is SLURM's preemption notice: the run must checkpoint at the next step and exit 75."""
-    spec = tmp_path / f"{Path(config['output_dir']).name}.json"
+    name = Path(config["output_dir"]).name
+    spec, log_path = tmp_path / f"{name}.json", tmp_path / f"{name}.log"
     spec.write_text(json.dumps([config]))
-    log_path = tmp_path / f"{Path(config['output_dir']).name}.log"
     with open(log_path, "w") as log_file:
         proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "tests" / "train_scenarios.py"), str(spec)],
                                 env=_env(), stdout=log_file, stderr=subprocess.STDOUT)

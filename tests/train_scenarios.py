@@ -147,10 +147,10 @@ def main(spec_path: str) -> None:
                     Trainer(cfg, tracker, evaluate=evaluate_stage, preemption=watch).train()
             except Preempted:
                 tracker.close("KILLED")
-                if observe is None or "preempt_at" not in observe:
-                    preempted = True  # exit as the entry point does, once the run's objects are gone
-                    break
-                # else: stopped where the test asked; the next run goes on
+                if observe is not None and "preempt_at" in observe:
+                    continue  # stopped where the test asked: the next run goes on
+                preempted = True  # exit 75 as the entry point does, after shutdown() has freed the run
+                break
             except Exception as err:  # recorded for the test to check; the next run still goes
                 if is_main():
                     (Path(cfg.output_dir) / "error.txt").write_text(f"{type(err).__name__}: {err}")
